@@ -1,0 +1,67 @@
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Height and width of a filter, in taps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KernelSize {
+    pub h: usize,
+    pub w: usize,
+}
+
+impl KernelSize {
+    pub const fn new(h: usize, w: usize) -> Self {
+        KernelSize { h, w }
+    }
+    pub const fn square(k: usize) -> Self {
+        KernelSize { h: k, w: k }
+    }
+    pub const fn taps(self) -> usize {
+        self.h * self.w
+    }
+}
+
+/// Written as `HxW`, e.g. `7x7`: the key used in JSON, CSV and tensor names.
+impl fmt::Display for KernelSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.h, self.w)
+    }
+}
+
+impl FromStr for KernelSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (h, w) = s.split_once('x').ok_or_else(|| format!("kernel size `{s}` is not of the form HxW"))?;
+        let parse = |t: &str| t.trim().parse::<usize>().ok().filter(|&v| v > 0);
+        match (parse(h), parse(w)) {
+            (Some(h), Some(w)) => Ok(KernelSize { h, w }),
+            _ => Err(format!("kernel size `{s}` is not of the form HxW with positive integers")),
+        }
+    }
+}
+
+/// Default tolerance on the centred L2 norm below which a filter is dead.
+pub const DEFAULT_DEAD_TOLERANCE: f32 = 1e-6;
+
+/// Mean and centred L2 norm of a filter, accumulated in f64 so that the
+/// statistics of a filter do not depend on its length or tap order noise.
+pub fn mean_and_centered_norm(taps: &[f32]) -> (f32, f32) {
+    let n = taps.len() as f64;
+    let mean = taps.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let ss: f64 = taps.iter().map(|&v| (v as f64 - mean).powi(2)).sum();
+    (mean as f32, ss.sqrt() as f32)
+}
+
+/// Normalises in place (zero mean, unit L2 norm). Returns `false`, leaving the
+/// taps untouched, for a dead filter.
+pub fn normalise(taps: &mut [f32], dead_tolerance: f32) -> bool {
+    let (mean, norm) = mean_and_centered_norm(taps);
+    if !(norm >= dead_tolerance) || norm == 0.0 {
+        return false;
+    }
+    for v in taps.iter_mut() {
+        *v = (*v - mean) / norm;
+    }
+    true
+}

@@ -1,0 +1,24 @@
+//! The plain data types at the boundaries of masterkey's analysis pipeline —
+//! depthwise layers read from models, filter sets with per-filter provenance,
+//! banks of keys — and the `a*key + b` fit that connects them.
+//!
+//! Conventions (fixed here, relied on everywhere): a filter is `h x w` f32,
+//! row-major, row 0 at the top, column 0 at the left, applied by
+//! cross-correlation as PyTorch's `conv2d` does. Its normalised form has zero
+//! mean and unit L2 norm; a filter whose centred L2 norm is below a tolerance
+//! is "dead" and is never normalised.
+
+pub mod atomic;
+pub mod bank;
+pub mod error;
+pub mod fit;
+pub mod kernel;
+pub mod layer;
+pub mod set;
+
+pub use bank::{Bank, RESIZE_RULE};
+pub use error::{Error, Result};
+pub use fit::{fit_set, FitOptions, FitReport, FilterFit};
+pub use kernel::KernelSize;
+pub use layer::{DwLayer, ModelFilters};
+pub use set::{FilterSet, Provenance, SizeGroup};

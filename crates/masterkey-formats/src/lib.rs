@@ -1,0 +1,37 @@
+//! Readers that pull every depthwise (DW) filter out of a model file and map
+//! it to the project's one layout (see `masterkey_core`).
+//!
+//! The format is detected from the content (magic bytes, structure), never
+//! from the file name. DW layers are found by shape and group count; layer
+//! names are only hints.
+
+mod detect;
+mod dtype;
+mod layout;
+mod named;
+mod onnx;
+mod pickle;
+mod safetensors_reader;
+mod tfjs;
+mod tflite;
+mod torch;
+
+use std::path::Path;
+
+pub use detect::{detect, Format};
+use masterkey_core::{ModelFilters, Result};
+
+/// Reads every depthwise layer of the model at `path`.
+pub fn read_model(path: &Path) -> Result<ModelFilters> {
+    let format = detect(path)?;
+    let layers = match format {
+        Format::Safetensors => safetensors_reader::read_single(path)?,
+        Format::SafetensorsIndex => safetensors_reader::read_sharded(path)?,
+        Format::PytorchZip => torch::read_zip(path)?,
+        Format::PytorchLegacy => torch::read_legacy(path)?,
+        Format::Onnx => onnx::read(path)?,
+        Format::Tflite => tflite::read(path)?,
+        Format::Tfjs => tfjs::read(path)?,
+    };
+    Ok(ModelFilters { source: path.to_path_buf(), format: format.name().to_string(), layers })
+}
