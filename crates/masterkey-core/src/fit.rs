@@ -232,6 +232,52 @@ pub fn fit_set(set: &FilterSet, bank: &Bank, options: &FitOptions) -> (GroupFits
     (fits, report)
 }
 
+/// One row of `fits.csv`.
+#[derive(Serialize)]
+struct FitRow<'a> {
+    kernel: String,
+    index: usize,
+    source_file: &'a str,
+    layer_name: &'a str,
+    layer_index: usize,
+    depth: f64,
+    channel: usize,
+    dead: bool,
+    key: &'a str,
+    key_index: Option<u16>,
+    a: f32,
+    b: f32,
+    abs_cos: f32,
+}
+
+/// Writes every filter's fit, with its provenance, as CSV (atomically).
+pub fn save_fits_csv(set: &FilterSet, fits: &GroupFits, bank: &Bank, path: &std::path::Path) -> crate::Result<()> {
+    crate::atomic::write_file_with(path, |file| {
+        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
+        for (kernel, group) in &set.groups {
+            for (index, (p, f)) in group.provenance.iter().zip(&fits[kernel]).enumerate() {
+                w.serialize(FitRow {
+                    kernel: kernel.to_string(),
+                    index,
+                    source_file: &p.source_file,
+                    layer_name: &p.layer_name,
+                    layer_index: p.layer_index,
+                    depth: p.depth,
+                    channel: p.channel,
+                    dead: p.dead,
+                    key: f.key.map_or("", |k| bank.labels[k as usize].as_str()),
+                    key_index: f.key,
+                    a: f.a,
+                    b: f.b,
+                    abs_cos: f.abs_cos,
+                })
+                .map_err(std::io::Error::other)?;
+            }
+        }
+        w.flush()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,11 +53,16 @@ pub fn mean_and_centered_norm(taps: &[f32]) -> (f32, f32) {
     (mean as f32, ss.sqrt() as f32)
 }
 
+/// A filter is dead when its centred L2 norm is below the tolerance (or zero, or NaN).
+pub fn is_dead(centered_norm: f32, tolerance: f32) -> bool {
+    !(centered_norm >= tolerance) || centered_norm == 0.0
+}
+
 /// Normalises in place (zero mean, unit L2 norm). Returns `false`, leaving the
 /// taps untouched, for a dead filter.
 pub fn normalise(taps: &mut [f32], dead_tolerance: f32) -> bool {
     let (mean, norm) = mean_and_centered_norm(taps);
-    if !(norm >= dead_tolerance) || norm == 0.0 {
+    if is_dead(norm, dead_tolerance) {
         return false;
     }
     for v in taps.iter_mut() {

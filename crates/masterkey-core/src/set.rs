@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic;
 use crate::error::{Error, Result};
-use crate::kernel::{mean_and_centered_norm, KernelSize, DEFAULT_DEAD_TOLERANCE};
+use crate::kernel::{is_dead, mean_and_centered_norm, KernelSize, DEFAULT_DEAD_TOLERANCE};
 use crate::layer::ModelFilters;
 
 pub const FILTERS_FILE: &str = "filters.safetensors";
@@ -119,9 +119,25 @@ impl FilterSet {
                     kernel_w: layer.kernel.w,
                     mean,
                     centered_norm,
-                    dead: !(centered_norm >= self.dead_tolerance) || centered_norm == 0.0,
+                    dead: is_dead(centered_norm, self.dead_tolerance),
                 });
             }
+        }
+    }
+
+    /// Appends another set's filters, re-flagging dead ones with this set's tolerance.
+    pub fn merge(&mut self, other: FilterSet) {
+        for (kernel, group) in other.groups {
+            let target = self.groups.entry(kernel).or_insert_with(|| SizeGroup {
+                kernel,
+                weights: Vec::new(),
+                provenance: Vec::new(),
+            });
+            target.weights.extend(group.weights);
+            target.provenance.extend(group.provenance.into_iter().map(|mut p| {
+                p.dead = is_dead(p.centered_norm, self.dead_tolerance);
+                p
+            }));
         }
     }
 

@@ -35,3 +35,25 @@ pub fn read_model(path: &Path) -> Result<ModelFilters> {
     };
     Ok(ModelFilters { source: path.to_path_buf(), format: format.name().to_string(), layers })
 }
+
+/// Builds one filter set from inputs that are model files or saved sets
+/// (directories written by `FilterSet::save`). `on_model` sees each model as
+/// it is read (for progress and per-model tables).
+pub fn read_inputs(
+    inputs: &[std::path::PathBuf],
+    dead_tolerance: f32,
+    mut on_model: impl FnMut(&Path, Option<&ModelFilters>),
+) -> Result<masterkey_core::FilterSet> {
+    let mut set = masterkey_core::FilterSet::new(dead_tolerance);
+    for input in inputs {
+        if masterkey_core::FilterSet::is_saved_set(input) {
+            set.merge(masterkey_core::FilterSet::load(input)?);
+            on_model(input, None);
+        } else {
+            let model = read_model(input)?;
+            set.add_model(&model);
+            on_model(input, Some(&model));
+        }
+    }
+    Ok(set)
+}

@@ -1,0 +1,72 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use masterkey_core::{fit_set, Bank, FitOptions};
+use serde::Serialize;
+
+use crate::extract::{print_models_table, read_models, ModelSummary};
+use crate::{fetch_cmd, fit_cmd, pictures, print_json, ReadOptions};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Output folder.
+    #[arg(short, long, default_value = "results")]
+    output: PathBuf,
+    /// Bank to fit to.
+    #[arg(long, default_value = "published8")]
+    bank: String,
+    /// Best-fitting filters drawn per key in the sample pictures.
+    #[arg(long, default_value_t = 15)]
+    samples_per_key: usize,
+    #[command(flatten)]
+    read: ReadOptions,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct DemoOutput<'a> {
+    models: &'a [ModelSummary],
+    files: Vec<String>,
+    #[serde(flatten)]
+    report: &'a masterkey_core::FitReport,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let bank = Bank::resolve(&args.bank)?;
+    let paths: Vec<PathBuf> = fetch_cmd::ensure_models(&[])?.into_iter().map(|(_, p)| p).collect();
+    let (set, models) = read_models(&paths, args.read.dead_tol)?;
+    let (fits, report) = fit_set(&set, &bank, &FitOptions::default());
+
+    let out = &args.output;
+    let set_dir = out.join("filters");
+    set.save(&set_dir)?;
+    let fit_dir = out.join("fit");
+    fit_cmd::save_fit_outputs(&set, &fits, &bank, &report, &fit_dir)?;
+    masterkey_core::atomic::write_file(&out.join("models.json"), &serde_json::to_vec_pretty(&models)?)?;
+    let mut files = vec![set_dir.display().to_string(), fit_dir.join("fits.csv").display().to_string()];
+    files.push(fit_dir.join("fit.json").display().to_string());
+    let bank_png = out.join(format!("bank_{}.png", bank.name));
+    pictures::bank_png(&bank, &bank_png)?;
+    files.push(bank_png.display().to_string());
+    for kernel in set.groups.keys() {
+        let path = out.join(format!("samples_{kernel}.png"));
+        pictures::samples_png(&set, &fits, &bank, *kernel, args.samples_per_key, &path)?;
+        files.push(path.display().to_string());
+    }
+
+    if args.json {
+        return print_json(&DemoOutput { models: &models, files, report: &report });
+    }
+    print_models_table(&models);
+    fit_cmd::print_report(&set, &report);
+    println!("\nWritten:");
+    for f in &files {
+        println!("  {f}");
+    }
+    println!(
+        "(samples_KxK.png: one row per key, the key first, then its {} best-fitting filters, normalised, sign-aligned)",
+        args.samples_per_key
+    );
+    Ok(())
+}

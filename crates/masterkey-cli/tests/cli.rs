@@ -1,0 +1,151 @@
+//! End-to-end tests of the `masterkey` binary: real models fetched from the
+//! registry, fixtures written here, and bad input.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use masterkey_core::{FilterSet, KernelSize};
+use safetensors::tensor::{Dtype, TensorView};
+use serde_json::Value;
+
+fn masterkey(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_masterkey")).args(args).output().expect("binary runs")
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+fn real_model(id: &str) -> PathBuf {
+    masterkey_fetch::ensure(masterkey_fetch::model(id).expect("known id")).expect("fetch the real model from the registry")
+}
+
+fn kernels(v: &Value) -> HashMap<String, u64> {
+    v["kernels"].as_object().unwrap().iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap())).collect()
+}
+
+#[test]
+fn real_efficientnet_lite0_has_2624_3x3_and_6336_5x5_filters() {
+    let model = real_model("efficientnet-lite0");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("set");
+    let v = json_of(&masterkey(&["extract", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--json"]));
+    assert_eq!(kernels(&v), HashMap::from([("3x3".into(), 2624), ("5x5".into(), 6336)]));
+    assert_eq!(v["models"][0]["layers"], 16);
+    assert_eq!(v["models"][0]["format"], "pytorch-legacy");
+    let set = FilterSet::load(&out).unwrap();
+    assert_eq!(set.len(), 2624 + 6336);
+}
+
+#[test]
+fn real_ppocr_classifier_has_64_3x3_and_800_5x5_filters() {
+    let model = real_model("ppocr-cls");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("set");
+    let v = json_of(&masterkey(&["extract", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--json"]));
+    assert_eq!(kernels(&v), HashMap::from([("3x3".into(), 64), ("5x5".into(), 800)]));
+    assert_eq!(v["models"][0]["format"], "onnx");
+}
+
+#[test]
+fn fit_of_real_filters_reports_coverage_by_threshold() {
+    let model = real_model("ppocr-cls");
+    let dir = tempfile::tempdir().unwrap();
+    let v = json_of(&masterkey(&[
+        "fit",
+        "--bank",
+        "published8",
+        model.to_str().unwrap(),
+        "-o",
+        dir.path().to_str().unwrap(),
+        "--json",
+    ]));
+    let coverage = v["coverage"].as_object().unwrap();
+    for t in ["0.5", "0.6", "0.7", "0.8", "0.9", "0.95"] {
+        let c = coverage[t].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&c), "coverage at {t}: {c}");
+    }
+    // Coverage can only fall as the threshold rises.
+    assert!(coverage["0.5"].as_f64() >= coverage["0.95"].as_f64());
+    let mean = v["mean_abs_cos"].as_f64().unwrap();
+    assert!(mean > 0.0 && mean <= 1.0);
+    assert_eq!(v["filters"], 864);
+    assert!(v["resize_rule"].as_str().unwrap().starts_with("centre-crop"));
+    let csv = std::fs::read_to_string(dir.path().join("fits.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 865);
+}
+
+/// A safetensors model with one DW layer of two 3x5 filters holding
+/// `100*c + 10*r + col`, so orientation mistakes show.
+fn write_asymmetric_model(path: &Path) {
+    let values: Vec<f32> = (0..2).flat_map(|c| (0..3).flat_map(move |r| (0..5).map(move |col| (100 * c + 10 * r + col) as f32))).collect();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let pw: Vec<u8> = [1.0f32; 8].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let tensors = vec![
+        ("blocks.0.conv_dw.weight", TensorView::new(Dtype::F32, vec![2, 1, 3, 5], &bytes).unwrap()),
+        ("blocks.0.conv_pw.weight", TensorView::new(Dtype::F32, vec![4, 2, 1, 1], &pw).unwrap()),
+    ];
+    safetensors::serialize_to_file(tensors, None, path).unwrap();
+}
+
+#[test]
+fn extract_keeps_orientation_and_fit_accepts_a_saved_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.bin");
+    write_asymmetric_model(&model);
+    let set_dir = dir.path().join("set");
+    let v = json_of(&masterkey(&["extract", model.to_str().unwrap(), "-o", set_dir.to_str().unwrap(), "--json"]));
+    assert_eq!(kernels(&v), HashMap::from([("3x5".into(), 2)]));
+    let set = FilterSet::load(&set_dir).unwrap();
+    let g = &set.groups[&KernelSize::new(3, 5)];
+    assert_eq!(g.filter(1)[5 + 3], 113.0); // channel 1, row 1, column 3
+    assert_eq!(g.provenance[1].layer_name, "blocks.0.conv_dw.weight");
+
+    let v = json_of(&masterkey(&["fit", set_dir.to_str().unwrap(), "--json"]));
+    assert_eq!(v["filters"], 2);
+    assert_eq!(v["per_kernel"]["3x5"]["filters"], 2);
+}
+
+#[test]
+fn bad_input_names_the_file_exits_non_zero_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.safetensors");
+    write_asymmetric_model(&model);
+    let bytes = std::fs::read(&model).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 7]).unwrap();
+    let garbage = dir.path().join("garbage.pth");
+    std::fs::write(&garbage, b"this is not a model at all").unwrap();
+    for bad in [&truncated, &garbage] {
+        let out_dir = dir.path().join("out");
+        let out = masterkey(&["extract", model.to_str().unwrap(), bad.to_str().unwrap(), "-o", out_dir.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(bad.file_name().unwrap().to_str().unwrap()), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one-line error: {stderr}");
+        assert!(!out_dir.exists(), "no partial output for {}", bad.display());
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 3, "{leftovers:?}");
+}
+
+#[test]
+fn bank_show_draws_a_png_and_banks_round_trip_through_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("p8.png");
+    let v = json_of(&masterkey(&["bank", "show", "published8", "-o", png.to_str().unwrap(), "--json"]));
+    assert_eq!(v["keys"].as_array().unwrap().len(), 8);
+    assert_eq!(v["licence"], "CC BY 4.0");
+    assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+
+    let bank_file = dir.path().join("p8.safetensors");
+    assert!(masterkey(&["bank", "save", "published8", "-o", bank_file.to_str().unwrap()]).status.success());
+    let model = dir.path().join("m.safetensors");
+    write_asymmetric_model(&model);
+    let a = json_of(&masterkey(&["fit", "--bank", bank_file.to_str().unwrap(), model.to_str().unwrap(), "--json"]));
+    let b = json_of(&masterkey(&["fit", "--bank", "published8", model.to_str().unwrap(), "--json"]));
+    assert_eq!(a["coverage"], b["coverage"]);
+    assert_eq!(a["usage"], b["usage"]);
+}
