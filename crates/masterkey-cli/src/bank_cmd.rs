@@ -77,7 +77,12 @@ pub fn run(cmd: BankCommand) -> Result<()> {
                     .map(|i| {
                         let (positive_centroid, negative_centroid) = centroids(&bank, i);
                         let centre = bank.key(i)[bank.kernel.h / 2 * bank.kernel.w + bank.kernel.w / 2];
-                        KeyInfo { label: bank.labels[i].clone(), positive_centroid, negative_centroid, centre_tap: centre }
+                        KeyInfo {
+                            label: bank.labels[i].clone(),
+                            positive_centroid,
+                            negative_centroid,
+                            centre_tap: centre,
+                        }
                     })
                     .collect(),
                 source: bank.source.clone(),

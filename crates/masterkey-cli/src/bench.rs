@@ -116,9 +116,11 @@ fn bench_fit(n: usize, repeats: usize, seed: u64) -> Result<()> {
     if !output.status.success() {
         bail!("NumPy reference failed: {}", String::from_utf8_lossy(&output.stderr));
     }
-    let reply: serde_json::Value = serde_json::from_slice(&output.stdout).context("reading the NumPy reference's output")?;
+    let reply: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("reading the NumPy reference's output")?;
     let numpy_times: Vec<f64> = serde_json::from_value(reply["times_s"].clone())?;
-    let numpy_best: Vec<u16> = std::fs::read(&best)?.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+    let numpy_best: Vec<u16> =
+        std::fs::read(&best)?.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
     let agree = rust_best.iter().zip(&numpy_best).filter(|(a, b)| a == b).count() as f64 / n as f64;
 
     let (rust_s, numpy_s) = (median(rust_times), median(numpy_times));

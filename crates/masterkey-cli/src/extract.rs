@@ -75,7 +75,11 @@ pub fn read_models(models: &[PathBuf], dead_tol: f32) -> Result<(FilterSet, Vec<
 pub fn run(args: Args) -> Result<()> {
     let (set, summaries) = read_models(&args.models, args.read.dead_tol)?;
     if set.is_empty() {
-        bail!("no depthwise filters found in {} input(s); nothing written to {}", args.models.len(), args.output.display());
+        bail!(
+            "no depthwise filters found in {} input(s); nothing written to {}",
+            args.models.len(),
+            args.output.display()
+        );
     }
     set.save(&args.output)?;
     let out = ExtractOutput {
@@ -92,10 +96,7 @@ pub fn run(args: Args) -> Result<()> {
     print_models_table(&summaries);
     println!(
         "{} filters ({} dead, centred L2 norm < {}) written to {}",
-        out.filters,
-        out.dead,
-        out.dead_tolerance,
-        out.output
+        out.filters, out.dead, out.dead_tolerance, out.output
     );
     Ok(())
 }

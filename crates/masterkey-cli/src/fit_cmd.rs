@@ -73,7 +73,12 @@ pub fn save_fit_outputs(set: &FilterSet, fits: &GroupFits, bank: &Bank, report: 
 }
 
 fn stats_row(t: &mut comfy_table::Table, name: &str, s: &FitStats) {
-    let mut row = vec![comfy_table::Cell::new(name), ui::num(s.filters), ui::num(s.dead), ui::num(format!("{:.3}", s.mean_abs_cos))];
+    let mut row = vec![
+        comfy_table::Cell::new(name),
+        ui::num(s.filters),
+        ui::num(s.dead),
+        ui::num(format!("{:.3}", s.mean_abs_cos)),
+    ];
     row.extend(s.coverage.values().map(|&c| ui::pct(c)));
     t.add_row(row);
 }

@@ -9,14 +9,17 @@ mod fit_cmd;
 mod pictures;
 mod ui;
 
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use masterkey_core::kernel::DEFAULT_DEAD_TOLERANCE;
 
 #[derive(Parser)]
-#[command(name = "masterkey", version, about = "Extract depthwise filters from trained CNNs and measure how master-key filters explain them")]
+#[command(
+    name = "masterkey",
+    version,
+    about = "Extract depthwise filters from trained CNNs and measure how master-key filters explain them"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,4 +74,3 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);
     Ok(())
 }
-

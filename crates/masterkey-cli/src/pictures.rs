@@ -17,7 +17,14 @@ pub fn bank_png(bank: &Bank, path: &Path) -> Result<()> {
 /// One row per key: the key resized to `kernel`, then the `per_key`
 /// best-fitting filters of that size, normalised and multiplied by the sign
 /// of their `a` so they all share the key's polarity.
-pub fn samples_png(set: &FilterSet, fits: &GroupFits, bank: &Bank, kernel: KernelSize, per_key: usize, path: &Path) -> Result<()> {
+pub fn samples_png(
+    set: &FilterSet,
+    fits: &GroupFits,
+    bank: &Bank,
+    kernel: KernelSize,
+    per_key: usize,
+    path: &Path,
+) -> Result<()> {
     let group = &set.groups[&kernel];
     let group_fits = &fits[&kernel];
     let (keys, kept) = bank.resized(kernel);
@@ -25,7 +32,8 @@ pub fn samples_png(set: &FilterSet, fits: &GroupFits, bank: &Bank, kernel: Kerne
     let mut cells: Vec<Vec<f32>> = Vec::new();
     for (row, &key_index) in kept.iter().enumerate() {
         cells.push(keys[row * t..(row + 1) * t].to_vec());
-        let mut members: Vec<usize> = (0..group.len()).filter(|&i| group_fits[i].key == Some(key_index as u16)).collect();
+        let mut members: Vec<usize> =
+            (0..group.len()).filter(|&i| group_fits[i].key == Some(key_index as u16)).collect();
         members.sort_by(|&a, &b| group_fits[b].abs_cos.total_cmp(&group_fits[a].abs_cos));
         for slot in 0..per_key {
             cells.push(match members.get(slot) {

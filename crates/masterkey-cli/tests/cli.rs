@@ -19,7 +19,8 @@ fn json_of(out: &Output) -> Value {
 }
 
 fn real_model(id: &str) -> PathBuf {
-    masterkey_fetch::ensure(masterkey_fetch::model(id).expect("known id")).expect("fetch the real model from the registry")
+    masterkey_fetch::ensure(masterkey_fetch::model(id).expect("known id"))
+        .expect("fetch the real model from the registry")
 }
 
 fn kernels(v: &Value) -> HashMap<String, u64> {
@@ -80,7 +81,8 @@ fn fit_of_real_filters_reports_coverage_by_threshold() {
 /// A safetensors model with one DW layer of two 3x5 filters holding
 /// `100*c + 10*r + col`, so orientation mistakes show.
 fn write_asymmetric_model(path: &Path) {
-    let values: Vec<f32> = (0..2).flat_map(|c| (0..3).flat_map(move |r| (0..5).map(move |col| (100 * c + 10 * r + col) as f32))).collect();
+    let values: Vec<f32> =
+        (0..2).flat_map(|c| (0..3).flat_map(move |r| (0..5).map(move |col| (100 * c + 10 * r + col) as f32))).collect();
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let pw: Vec<u8> = [1.0f32; 8].iter().flat_map(|v| v.to_le_bytes()).collect();
     let tensors = vec![
@@ -120,7 +122,8 @@ fn bad_input_names_the_file_exits_non_zero_and_writes_nothing() {
     std::fs::write(&garbage, b"this is not a model at all").unwrap();
     for bad in [&truncated, &garbage] {
         let out_dir = dir.path().join("out");
-        let out = masterkey(&["extract", model.to_str().unwrap(), bad.to_str().unwrap(), "-o", out_dir.to_str().unwrap()]);
+        let out =
+            masterkey(&["extract", model.to_str().unwrap(), bad.to_str().unwrap(), "-o", out_dir.to_str().unwrap()]);
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(bad.file_name().unwrap().to_str().unwrap()), "{stderr}");

@@ -23,10 +23,8 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn write_file_with(path: &Path, fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>) -> Result<()> {
     let dir = parent_of(path);
     fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".masterkey-partial-")
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io(&dir, e))?;
+    let mut tmp =
+        tempfile::Builder::new().prefix(".masterkey-partial-").tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
     fill(tmp.as_file_mut()).map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
@@ -38,16 +36,12 @@ pub fn write_file_with(path: &Path, fill: impl FnOnce(&mut fs::File) -> std::io:
 pub fn write_dir_with(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = parent_of(path);
     fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".masterkey-partial-")
-        .tempdir_in(&dir)
-        .map_err(|e| Error::io(&dir, e))?;
+    let tmp =
+        tempfile::Builder::new().prefix(".masterkey-partial-").tempdir_in(&dir).map_err(|e| Error::io(&dir, e))?;
     fill(tmp.path())?;
     if path.exists() {
-        let old = tempfile::Builder::new()
-            .prefix(".masterkey-old-")
-            .tempdir_in(&dir)
-            .map_err(|e| Error::io(&dir, e))?;
+        let old =
+            tempfile::Builder::new().prefix(".masterkey-old-").tempdir_in(&dir).map_err(|e| Error::io(&dir, e))?;
         let parked = old.path().join("previous");
         fs::rename(path, &parked).map_err(|e| Error::io(path, e))?;
         fs::rename(tmp.keep(), path).map_err(|e| Error::io(path, e))?;

@@ -27,7 +27,8 @@ pub const PUBLISHED8_LICENCE: &str = "CC BY 4.0";
 /// window of the filter's size is cut out (or the key is zero-padded around
 /// its centre when the filter is larger; the offset is `floor((K - k) / 2)`
 /// per axis), then re-normalised to zero mean and unit L2 norm.
-pub const RESIZE_RULE: &str = "centre-crop: each key's centred window of the filter's size (zero-padded if larger), re-normalised";
+pub const RESIZE_RULE: &str =
+    "centre-crop: each key's centred window of the filter's size (zero-padded if larger), re-normalised";
 
 /// Keys whose resized form has a centred norm below this are unusable at that size.
 const RESIZED_KEY_TOLERANCE: f32 = 1e-6;
@@ -47,10 +48,21 @@ impl Bank {
     /// Builds a bank, normalising each key that is not already zero-mean and
     /// unit-norm within `1e-5` (those are kept bit for bit, so a saved bank
     /// loads back unchanged); fails on constant or non-finite keys.
-    pub fn new(name: &str, kernel: KernelSize, mut keys: Vec<f32>, labels: Vec<String>, source: &str, licence: &str) -> Result<Self, String> {
+    pub fn new(
+        name: &str,
+        kernel: KernelSize,
+        mut keys: Vec<f32>,
+        labels: Vec<String>,
+        source: &str,
+        licence: &str,
+    ) -> Result<Self, String> {
         let t = kernel.taps();
         if keys.is_empty() || keys.len() != labels.len() * t {
-            return Err(format!("bank `{name}`: expected {} labels x {t} taps, found {} values", labels.len(), keys.len()));
+            return Err(format!(
+                "bank `{name}`: expected {} labels x {t} taps, found {} values",
+                labels.len(),
+                keys.len()
+            ));
         }
         if keys.iter().any(|v| !v.is_finite()) {
             return Err(format!("bank `{name}`: a key holds a non-finite value"));
@@ -59,7 +71,11 @@ impl Bank {
             let (mean, norm) = mean_and_centered_norm(key);
             let normalised = mean.abs() < 1e-5 && (norm - 1.0).abs() < 1e-5;
             if !normalised && !normalise(key, RESIZED_KEY_TOLERANCE) {
-                return Err(format!("bank `{name}`: key {} ({}) is constant and cannot be normalised", i + 1, labels[i]));
+                return Err(format!(
+                    "bank `{name}`: key {} ({}) is constant and cannot be normalised",
+                    i + 1,
+                    labels[i]
+                ));
             }
         }
         Ok(Bank { name: name.into(), kernel, keys, labels, source: source.into(), licence: licence.into() })
@@ -80,7 +96,8 @@ impl Bank {
     pub fn published8() -> Self {
         let keys = parse_filter_text(PUBLISHED8_TEXT).expect("built-in published8 parses");
         let labels = (1..=keys.1).map(|i| format!("key{i}")).collect();
-        Bank::new("published8", keys.0, keys.2, labels, PUBLISHED8_SOURCE, PUBLISHED8_LICENCE).expect("published8 is valid")
+        Bank::new("published8", keys.0, keys.2, labels, PUBLISHED8_SOURCE, PUBLISHED8_LICENCE)
+            .expect("published8 is valid")
     }
 
     /// Names of the banks built into the tool.
@@ -158,18 +175,25 @@ impl Bank {
             let (kernel, n, keys) = parse_filter_text(&text).map_err(|e| Error::invalid(path, e))?;
             let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let labels = (1..=n).map(|i| format!("key{i}")).collect();
-            return Bank::new(&name, kernel, keys, labels, &path.display().to_string(), "unknown").map_err(|e| Error::invalid(path, e));
+            return Bank::new(&name, kernel, keys, labels, &path.display().to_string(), "unknown")
+                .map_err(|e| Error::invalid(path, e));
         }
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| Error::invalid(path, format!("expected a bank (safetensors or `Filter k:` text): {e}")))?;
         let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::invalid(path, e.to_string()))?;
-        let view = tensors.tensor("keys").map_err(|_| Error::invalid(path, "expected a tensor `keys` [K, H, W], found none"))?;
+        let view = tensors
+            .tensor("keys")
+            .map_err(|_| Error::invalid(path, "expected a tensor `keys` [K, H, W], found none"))?;
         let shape = view.shape();
         if view.dtype() != Dtype::F32 || shape.len() != 3 {
-            return Err(Error::invalid(path, format!("expected `keys` as f32 [K, H, W], found {:?} {:?}", view.dtype(), shape)));
+            return Err(Error::invalid(
+                path,
+                format!("expected `keys` as f32 [K, H, W], found {:?} {:?}", view.dtype(), shape),
+            ));
         }
         let kernel = KernelSize::new(shape[1], shape[2]);
-        let keys: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let keys: Vec<f32> =
+            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         let meta = meta.metadata().clone().unwrap_or_default();
         let get = |k: &str| meta.get(k).cloned().unwrap_or_default();
         let labels: Vec<String> = match meta.get("labels") {
@@ -194,7 +218,9 @@ fn parse_filter_text(text: &str) -> Result<(KernelSize, usize, Vec<f32>), String
             filters.push(Vec::new());
             continue;
         }
-        let current = filters.last_mut().ok_or_else(|| format!("line {}: numbers before the first `Filter k:` header", lineno + 1))?;
+        let current = filters
+            .last_mut()
+            .ok_or_else(|| format!("line {}: numbers before the first `Filter k:` header", lineno + 1))?;
         let row: Result<Vec<f32>, _> = line.split_whitespace().map(str::parse::<f32>).collect();
         current.push(row.map_err(|e| format!("line {}: {e}", lineno + 1))?);
     }

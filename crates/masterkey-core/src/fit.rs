@@ -194,7 +194,8 @@ pub fn fit_set(set: &FilterSet, bank: &Bank, options: &FitOptions) -> (GroupFits
 
     for (kernel, group) in &set.groups {
         let (keys, kept) = bank.resized(*kernel);
-        let dropped: Vec<String> = (0..bank.len()).filter(|i| !kept.contains(i)).map(|i| bank.labels[i].clone()).collect();
+        let dropped: Vec<String> =
+            (0..bank.len()).filter(|i| !kept.contains(i)).map(|i| bank.labels[i].clone()).collect();
         if !dropped.is_empty() {
             unusable.insert(kernel.to_string(), dropped);
         }

@@ -17,7 +17,12 @@ pub struct DwLayer {
 impl DwLayer {
     /// Builds a layer, checking that the weight count matches the shape and
     /// that every weight is finite.
-    pub fn new(name: impl Into<String>, kernel: KernelSize, channels: usize, weights: Vec<f32>) -> Result<Self, String> {
+    pub fn new(
+        name: impl Into<String>,
+        kernel: KernelSize,
+        channels: usize,
+        weights: Vec<f32>,
+    ) -> Result<Self, String> {
         let name = name.into();
         let expected = kernel.taps() * channels;
         if weights.len() != expected {

@@ -18,7 +18,7 @@ pub mod set;
 
 pub use bank::{Bank, RESIZE_RULE};
 pub use error::{Error, Result};
-pub use fit::{fit_set, FitOptions, FitReport, FilterFit};
+pub use fit::{fit_set, FilterFit, FitOptions, FitReport};
 pub use kernel::KernelSize;
 pub use layer::{DwLayer, ModelFilters};
 pub use set::{FilterSet, Provenance, SizeGroup};

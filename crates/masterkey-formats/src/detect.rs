@@ -59,7 +59,9 @@ pub fn detect(path: &Path) -> Result<Format> {
         }
         return Err(Error::invalid(
             path,
-            format!("looks like safetensors, but its header of {header_len} bytes runs past the end of the {len}-byte file"),
+            format!(
+                "looks like safetensors, but its header of {header_len} bytes runs past the end of the {len}-byte file"
+            ),
         ));
     }
     let first_non_space = head.iter().find(|b| !b.is_ascii_whitespace());
@@ -82,8 +84,8 @@ pub fn detect(path: &Path) -> Result<Format> {
 
 fn detect_json(path: &Path) -> Result<Format> {
     let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| Error::invalid(path, format!("expected JSON, found invalid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| Error::invalid(path, format!("expected JSON, found invalid JSON: {e}")))?;
     if value.get("weightsManifest").is_some() {
         Ok(Format::Tfjs)
     } else if value.get("weight_map").is_some() {

@@ -1,5 +1,5 @@
-use std::path::Path;
 use masterkey_core::{DwLayer, Error, Result};
+use std::path::Path;
 
 pub fn read(path: &Path) -> Result<Vec<DwLayer>> {
     Err(Error::invalid(path, "reader: in progress"))
