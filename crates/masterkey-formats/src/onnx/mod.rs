@@ -138,6 +138,10 @@ fn dw_layer(node: &NodeProto, constants: &Constants) -> Result<Option<DwLayer>, 
         [c_out, 1, kh, kw] if c_out as i64 % group == 0 => (c_out, KernelSize::new(kh, kw)),
         _ => return Ok(None),
     };
+    // A 1x1 depthwise kernel is a per-channel scale, not a spatial filter.
+    if kernel.taps() == 1 {
+        return Ok(None);
+    }
     if channels == 0 || kernel.taps() == 0 {
         return Err(in_weight(format!("expected a non-empty shape, found {shape:?}")));
     }

@@ -68,7 +68,11 @@ impl<'a> Graph<'a> {
     fn dw_layers(&self, layers: &mut Vec<DwLayer>) -> Result<(), String> {
         for (index, op) in self.operators.iter().enumerate() {
             if self.builtin(op)? == DEPTHWISE_CONV_2D {
-                layers.push(self.dw_layer(op).map_err(|e| format!("operator {index} (DEPTHWISE_CONV_2D): {e}"))?);
+                let layer = self.dw_layer(op).map_err(|e| format!("operator {index} (DEPTHWISE_CONV_2D): {e}"))?;
+                // A 1x1 depthwise kernel is a per-channel scale, not a spatial filter.
+                if layer.kernel.taps() > 1 {
+                    layers.push(layer);
+                }
             }
         }
         Ok(())
