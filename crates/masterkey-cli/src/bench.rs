@@ -131,7 +131,11 @@ fn bench_fit(n: usize, repeats: usize, seed: u64) -> Result<()> {
         bank.len()
     );
     let mut t = ui::table(&["implementation", "median s", "filters/s"]);
-    t.add_row(vec!["masterkey (rayon)".to_string(), format!("{rust_s:.4}"), format!("{:.3e}", n as f64 / rust_s)]);
+    t.add_row(vec![
+        format!("masterkey ({}, rayon)", masterkey_core::fit::simd_path()),
+        format!("{rust_s:.4}"),
+        format!("{:.3e}", n as f64 / rust_s),
+    ]);
     t.add_row(vec![
         format!("NumPy {} (same arithmetic)", reply["numpy"].as_str().unwrap_or("?")),
         format!("{numpy_s:.4}"),

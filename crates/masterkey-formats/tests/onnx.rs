@@ -288,7 +288,8 @@ fn report(model: &ModelFilters) {
 /// hand-declared schema.
 #[test]
 fn real_paddleocr_models() {
-    let fetch = |id: &str| masterkey_fetch::ensure(masterkey_fetch::model(id).unwrap()).expect("fetch from the registry");
+    let fetch =
+        |id: &str| masterkey_fetch::ensure(masterkey_fetch::model(id).unwrap()).expect("fetch from the registry");
     let model = read_model(&fetch("ppocr-cls")).unwrap();
     report(&model);
     assert_eq!(filters_per_kernel(&model), BTreeMap::from([("3x3".to_string(), 64), ("5x5".to_string(), 800)]));
@@ -297,6 +298,10 @@ fn real_paddleocr_models() {
         let model = read_model(&fetch(id)).unwrap();
         report(&model);
         assert_eq!(model.layers.len(), layers, "{id}");
-        assert_eq!(filters_per_kernel(&model), BTreeMap::from([("3x3".to_string(), k3), ("5x5".to_string(), k5)]), "{id}");
+        assert_eq!(
+            filters_per_kernel(&model),
+            BTreeMap::from([("3x3".to_string(), k3), ("5x5".to_string(), k5)]),
+            "{id}"
+        );
     }
 }
