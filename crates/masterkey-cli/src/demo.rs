@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use masterkey_core::fit::FitRecord;
 use masterkey_core::{fit_set, Bank, FitOptions};
 use serde::Serialize;
 
@@ -29,7 +30,7 @@ struct DemoOutput<'a> {
     models: &'a [ModelSummary],
     files: Vec<String>,
     #[serde(flatten)]
-    report: &'a masterkey_core::FitReport,
+    record: &'a FitRecord,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -37,12 +38,17 @@ pub fn run(args: Args) -> Result<()> {
     let paths: Vec<PathBuf> = fetch_cmd::ensure_models(&[])?.into_iter().map(|(_, p)| p).collect();
     let (set, models) = read_models(&paths, args.read.dead_tol)?;
     let (fits, report) = fit_set(&set, &bank, &FitOptions::default());
+    let record = FitRecord {
+        inputs: paths.iter().map(|p| p.display().to_string()).collect(),
+        dead_tolerance: set.dead_tolerance,
+        report,
+    };
 
     let out = &args.output;
     let set_dir = out.join("filters");
     set.save(&set_dir)?;
     let fit_dir = out.join("fit");
-    fit_cmd::save_fit_outputs(&set, &fits, &bank, &report, &fit_dir)?;
+    fit_cmd::save_fit_outputs(&set, &fits, &bank, &record, &fit_dir)?;
     masterkey_core::atomic::write_file(&out.join("models.json"), &serde_json::to_vec_pretty(&models)?)?;
     let mut files = vec![set_dir.display().to_string(), fit_dir.join("fits.csv").display().to_string()];
     files.push(fit_dir.join("fit.json").display().to_string());
@@ -56,10 +62,10 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     if args.json {
-        return print_json(&DemoOutput { models: &models, files, report: &report });
+        return print_json(&DemoOutput { models: &models, files, record: &record });
     }
     print_models_table(&models);
-    fit_cmd::print_report(&set, &report);
+    fit_cmd::print_report(&set, &record.report);
     println!("\nWritten:");
     for f in &files {
         println!("  {f}");

@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use masterkey_core::fit::{save_fits_csv, FitStats, GroupFits};
+use masterkey_core::fit::{save_fits_csv, FitRecord, FitStats, GroupFits};
 use masterkey_core::{fit_set, Bank, FilterSet, FitOptions, FitReport};
 use serde::Serialize;
 
@@ -33,11 +33,9 @@ pub struct Args {
 
 #[derive(Serialize)]
 struct FitOutput<'a> {
-    inputs: Vec<String>,
     output: Option<String>,
-    dead_tolerance: f32,
     #[serde(flatten)]
-    report: &'a FitReport,
+    record: &'a FitRecord,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -48,27 +46,27 @@ pub fn run(args: Args) -> Result<()> {
     }
     let options = FitOptions { thresholds: args.thresholds.clone(), depth_bands: args.depth_bands };
     let (fits, report) = fit_set(&set, &bank, &options);
+    let record = FitRecord {
+        inputs: args.inputs.iter().map(|p| p.display().to_string()).collect(),
+        dead_tolerance: set.dead_tolerance,
+        report,
+    };
     if let Some(dir) = &args.output {
-        save_fit_outputs(&set, &fits, &bank, &report, dir)?;
+        save_fit_outputs(&set, &fits, &bank, &record, dir)?;
     }
     if args.json {
-        return print_json(&FitOutput {
-            inputs: args.inputs.iter().map(|p| p.display().to_string()).collect(),
-            output: args.output.as_ref().map(|p| p.display().to_string()),
-            dead_tolerance: set.dead_tolerance,
-            report: &report,
-        });
+        return print_json(&FitOutput { output: args.output.as_ref().map(|p| p.display().to_string()), record: &record });
     }
-    print_report(&set, &report);
+    print_report(&set, &record.report);
     if let Some(dir) = &args.output {
         println!("per-filter fits: {}", dir.join("fits.csv").display());
     }
     Ok(())
 }
 
-pub fn save_fit_outputs(set: &FilterSet, fits: &GroupFits, bank: &Bank, report: &FitReport, dir: &Path) -> Result<()> {
+pub fn save_fit_outputs(set: &FilterSet, fits: &GroupFits, bank: &Bank, record: &FitRecord, dir: &Path) -> Result<()> {
     save_fits_csv(set, fits, bank, &dir.join("fits.csv"))?;
-    masterkey_core::atomic::write_file(&dir.join("fit.json"), &serde_json::to_vec_pretty(report)?)?;
+    masterkey_core::atomic::write_file(&dir.join("fit.json"), &serde_json::to_vec_pretty(record)?)?;
     Ok(())
 }
 

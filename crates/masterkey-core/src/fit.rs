@@ -226,6 +226,16 @@ pub struct FitReport {
     pub unusable_keys: BTreeMap<String, Vec<String>>,
 }
 
+/// A fit report with what it was computed from: the form saved as `fit.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitRecord {
+    /// Model files or saved sets the filters came from.
+    pub inputs: Vec<String>,
+    pub dead_tolerance: f32,
+    #[serde(flatten)]
+    pub report: FitReport,
+}
+
 /// Fits of one kernel size, in the set's order, with key indices into the bank.
 pub type GroupFits = BTreeMap<KernelSize, Vec<FilterFit>>;
 
