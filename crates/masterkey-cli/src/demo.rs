@@ -61,6 +61,10 @@ pub fn run(args: Args) -> Result<()> {
         files.push(path.display().to_string());
     }
 
+    let report = out.join("report.html");
+    masterkey_report::write(out, &report)?;
+    files.push(report.display().to_string());
+
     if args.json {
         return print_json(&DemoOutput { models: &models, files, record: &record });
     }
@@ -74,5 +78,6 @@ pub fn run(args: Args) -> Result<()> {
         "(samples_KxK.png: one row per key, the key first, then its {} best-fitting filters, normalised, sign-aligned)",
         args.samples_per_key
     );
+    println!("Report: {}", report.display());
     Ok(())
 }

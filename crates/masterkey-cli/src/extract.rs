@@ -106,7 +106,7 @@ pub fn print_models_table(summaries: &[ModelSummary]) {
     for s in summaries {
         let kernels: Vec<String> = s.kernels.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         t.add_row(vec![
-            comfy_table::Cell::new(&s.source),
+            comfy_table::Cell::new(ui::short_name(&s.source)),
             comfy_table::Cell::new(&s.format),
             ui::num(s.layers),
             ui::num(s.filters),

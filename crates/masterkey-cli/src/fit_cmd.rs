@@ -55,7 +55,10 @@ pub fn run(args: Args) -> Result<()> {
         save_fit_outputs(&set, &fits, &bank, &record, dir)?;
     }
     if args.json {
-        return print_json(&FitOutput { output: args.output.as_ref().map(|p| p.display().to_string()), record: &record });
+        return print_json(&FitOutput {
+            output: args.output.as_ref().map(|p| p.display().to_string()),
+            record: &record,
+        });
     }
     print_report(&set, &record.report);
     if let Some(dir) = &args.output {
@@ -106,7 +109,7 @@ pub fn print_report(set: &FilterSet, report: &FitReport) {
         stats_row(&mut t, &format!("kernel {k}"), s);
     }
     for (m, s) in &report.per_model {
-        stats_row(&mut t, m, s);
+        stats_row(&mut t, &ui::short_name(m), s);
     }
     println!("{t}");
 

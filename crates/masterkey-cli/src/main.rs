@@ -7,6 +7,7 @@ mod extract;
 mod fetch_cmd;
 mod fit_cmd;
 mod pictures;
+mod report_cmd;
 mod ui;
 
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     Fetch(fetch_cmd::Args),
     /// The main job: fetch the default models, extract, fit to published8, write results.
     Demo(demo::Args),
+    /// One self-contained HTML page from a results folder.
+    Report(report_cmd::Args),
     /// Benchmarks (not tests), each side by side with a reference in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Bank(cmd) => bank_cmd::run(cmd),
         Command::Fetch(args) => fetch_cmd::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Report(args) => report_cmd::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -25,6 +25,7 @@ pub fn write_file_with(path: &Path, fill: impl FnOnce(&mut fs::File) -> std::io:
     fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut tmp =
         tempfile::Builder::new().prefix(".masterkey-partial-").tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
+    set_mode(tmp.path(), 0o644)?;
     fill(tmp.as_file_mut()).map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
@@ -38,6 +39,7 @@ pub fn write_dir_with(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Re
     fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let tmp =
         tempfile::Builder::new().prefix(".masterkey-partial-").tempdir_in(&dir).map_err(|e| Error::io(&dir, e))?;
+    set_mode(tmp.path(), 0o755)?;
     fill(tmp.path())?;
     if path.exists() {
         let old =
@@ -49,5 +51,18 @@ pub fn write_dir_with(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Re
     } else {
         fs::rename(tmp.keep(), path).map_err(|e| Error::io(path, e))?;
     }
+    Ok(())
+}
+
+/// Temporary files and folders are created private (0600 / 0700); outputs get
+/// the usual modes instead.
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| Error::io(path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
     Ok(())
 }

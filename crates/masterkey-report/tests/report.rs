@@ -1,0 +1,108 @@
+//! Renders a report from a small results folder made here, and checks its
+//! structure, its embedded images and its numbers.
+
+use std::fs;
+use std::path::Path;
+
+use base64::Engine;
+use masterkey_core::fit::{save_fits_csv, FitRecord};
+use masterkey_core::{fit_set, Bank, DwLayer, FilterSet, FitOptions, KernelSize, ModelFilters};
+use masterkey_render::FilterGrid;
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+/// Two models: one made of noisy published keys (well covered), one of noise.
+fn results_folder(dir: &Path) -> FitRecord {
+    let bank = Bank::published8();
+    let mut seed = 11;
+    let keyed: Vec<f32> =
+        (0..40).flat_map(|c| bank.key(c % 8).to_vec()).map(|v| 2.0 * v + 0.05 * lcg(&mut seed)).collect();
+    let noise: Vec<f32> = (0..30 * 9).map(|_| lcg(&mut seed)).collect();
+    let keyed_model = ModelFilters {
+        source: "/models/keyed.safetensors".into(),
+        format: "safetensors".into(),
+        layers: vec![
+            DwLayer::new("a", KernelSize::square(7), 20, keyed[..20 * 49].to_vec()).unwrap(),
+            DwLayer::new("b", KernelSize::square(7), 20, keyed[20 * 49..].to_vec()).unwrap(),
+        ],
+    };
+    let noise_model = ModelFilters {
+        source: "/models/noise.onnx".into(),
+        format: "onnx".into(),
+        layers: vec![DwLayer::new("n", KernelSize::square(3), 30, noise).unwrap()],
+    };
+    let mut set = FilterSet::default();
+    set.add_model(&keyed_model);
+    set.add_model(&noise_model);
+    let (fits, report) = fit_set(&set, &bank, &FitOptions::default());
+    let record = FitRecord {
+        inputs: vec!["/models/keyed.safetensors".into(), "/models/noise.onnx".into()],
+        dead_tolerance: set.dead_tolerance,
+        report,
+    };
+    fs::create_dir_all(dir.join("fit")).unwrap();
+    fs::write(dir.join("fit/fit.json"), serde_json::to_vec(&record).unwrap()).unwrap();
+    save_fits_csv(&set, &fits, &bank, &dir.join("fit/fits.csv")).unwrap();
+    let models = serde_json::json!([
+        {"source": "/models/keyed.safetensors", "format": "safetensors", "layers": 2, "filters": 40, "kernels": {"7x7": 40}},
+        {"source": "/models/noise.onnx", "format": "onnx", "layers": 1, "filters": 30, "kernels": {"3x3": 30}}
+    ]);
+    fs::write(dir.join("models.json"), models.to_string()).unwrap();
+    let keys: Vec<&[f32]> = (0..8).map(|i| bank.key(i)).collect();
+    FilterGrid { kernel: bank.kernel, filters: keys, columns: 8 }.save_png(&dir.join("bank_published8.png")).unwrap();
+    record
+}
+
+#[test]
+fn report_has_its_sections_images_and_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = results_folder(dir.path());
+    let out = dir.path().join("report.html");
+    let report = masterkey_report::write(dir.path(), &out).unwrap();
+    assert_eq!(report.sections, vec!["Models and filters", "Banks", "How the bank explains the filters"]);
+    let html = fs::read_to_string(&out).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    for outside in ["<script", "<link", "src=\"http", "href=\"http", "url("] {
+        assert!(!html.contains(outside), "self-contained, yet holds {outside}");
+    }
+
+    // Every embedded image decodes as a PNG; the bank picture has 8 cells in a row.
+    let images: Vec<&str> = html.split("data:image/png;base64,").skip(1).map(|s| &s[..s.find('"').unwrap()]).collect();
+    assert_eq!(images.len(), 1);
+    for data in images {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(data).unwrap();
+        let info = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap().info().clone();
+        assert!(info.width > 8 * info.height / 2, "{}x{}", info.width, info.height);
+    }
+    // Charts: coverage curve plus one usage-by-depth map per model.
+    assert_eq!(html.matches("<svg").count(), 3);
+
+    // Numbers: the coverage table shows what fit.json holds.
+    let overall = &record.report.overall;
+    let at_08 = format!("{:.1}%", 100.0 * overall.coverage["0.8"]);
+    let keyed = &record.report.per_model["/models/keyed.safetensors"];
+    assert_eq!(keyed.coverage["0.95"], 1.0);
+    assert!(html.contains(&at_08), "overall coverage {at_08} is shown");
+    assert!(html.contains(&format!("<td class=\"num\">{:.3}</td>", overall.mean_abs_cos)));
+    assert!(html.contains("keyed.safetensors") && html.contains("noise.onnx") && html.contains("centre-crop"));
+    assert!(html.contains("CC BY 4.0"));
+}
+
+#[test]
+fn missing_empty_and_corrupt_folders_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = masterkey_report::render(&dir.path().join("nope")).err().unwrap().to_string();
+    assert!(err.contains("nope"), "{err}");
+    let err = masterkey_report::render(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("found none"), "{err}");
+    fs::create_dir_all(dir.path().join("fit")).unwrap();
+    fs::write(dir.path().join("fit/fit.json"), b"{\"inputs\": 3}").unwrap();
+    let err = masterkey_report::render(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("fit.json"), "{err}");
+    let out = dir.path().join("r.html");
+    assert!(masterkey_report::write(dir.path(), &out).is_err());
+    assert!(!out.exists(), "no partial report");
+}
