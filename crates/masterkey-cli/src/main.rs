@@ -7,6 +7,7 @@ mod extract;
 mod fetch_cmd;
 mod fit_cmd;
 mod pictures;
+mod scalespace_cmd;
 mod ui;
 
 
@@ -38,6 +39,9 @@ enum Command {
     /// Benchmarks (not tests), each side by side with a reference in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Idealised scale-space models of the keys: fit a bank, write an ideal bank, print a kernel.
+    #[command(subcommand)]
+    Scalespace(scalespace_cmd::ScalespaceCommand),
 }
 
 /// Options shared by commands that read filters.
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Fetch(args) => fetch_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Scalespace(cmd) => scalespace_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
