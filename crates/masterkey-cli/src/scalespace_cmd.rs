@@ -3,7 +3,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use masterkey_core::Bank;
 use masterkey_scalespace::ideal::describe;
-use masterkey_scalespace::{fit_bank, ideal8, ideal_bank_from_fit, Criterion, Discretisation, Family, FitOptions, Model, Params};
+use masterkey_scalespace::{
+    fit_bank, ideal8, ideal_bank_from_fit, Criterion, Discretisation, Family, FitOptions, Model, Params,
+};
 use serde::Serialize;
 
 use crate::{print_json, ui};
@@ -82,9 +84,25 @@ pub fn run(cmd: ScalespaceCommand) -> Result<()> {
             if json {
                 return print_json(&fit);
             }
-            println!("Scale-space fit of bank `{}` ({} keys, {}), criterion {}.", fit.bank, fit.keys.len(), fit.kernel, fit.criterion);
+            println!(
+                "Scale-space fit of bank `{}` ({} keys, {}), criterion {}.",
+                fit.bank,
+                fit.keys.len(),
+                fit.kernel,
+                fit.criterion
+            );
             println!("Normalisation: {}.", fit.normalisation);
-            let mut t = ui::table(&["key", "family", "discretisation", "sigma_x", "sigma_y", "alpha", "|cos|", "L1 residual", "runner-up"]);
+            let mut t = ui::table(&[
+                "key",
+                "family",
+                "discretisation",
+                "sigma_x",
+                "sigma_y",
+                "alpha",
+                "|cos|",
+                "L1 residual",
+                "runner-up",
+            ]);
             for k in &fit.keys {
                 let p = &k.best.model.params;
                 let runner_up = k.runner_up.map(|r| format!("{} {:.3}", r.model.family, r.abs_cos)).unwrap_or_default();
@@ -129,8 +147,12 @@ pub fn run(cmd: ScalespaceCommand) -> Result<()> {
             let params = Params { sigma_x, sigma_y: sigma_y.unwrap_or(sigma_x), alpha };
             let model = Model::new(family, discretisation, params)?;
             let kernel = model.kernel(size)?;
-            let out =
-                KernelOutput { model, size, taps: kernel.taps.chunks(size).map(<[f64]>::to_vec).collect(), sum: kernel.taps.iter().sum() };
+            let out = KernelOutput {
+                model,
+                size,
+                taps: kernel.taps.chunks(size).map(<[f64]>::to_vec).collect(),
+                sum: kernel.taps.iter().sum(),
+            };
             if json {
                 return print_json(&out);
             }

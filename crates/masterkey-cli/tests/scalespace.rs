@@ -35,7 +35,8 @@ fn bank_writes_an_idealised_bank_and_its_picture() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ideal.safetensors");
     let png = dir.path().join("ideal.png");
-    let run = masterkey(&["scalespace", "bank", "--size", "9", "-o", out.to_str().unwrap(), "--png", png.to_str().unwrap()]);
+    let run =
+        masterkey(&["scalespace", "bank", "--size", "9", "-o", out.to_str().unwrap(), "--png", png.to_str().unwrap()]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let bank = Bank::load(&out).unwrap();
     assert_eq!((bank.len(), bank.kernel), (8, KernelSize::square(9)));
@@ -48,7 +49,18 @@ fn bank_writes_an_idealised_bank_and_its_picture() {
 
 #[test]
 fn kernel_prints_the_model_and_refuses_bad_parameters() {
-    let v = json_of(&masterkey(&["scalespace", "kernel", "gauss", "--sigma-x", "0.8", "--sigma-y", "1.1", "--size", "5", "--json"]));
+    let v = json_of(&masterkey(&[
+        "scalespace",
+        "kernel",
+        "gauss",
+        "--sigma-x",
+        "0.8",
+        "--sigma-y",
+        "1.1",
+        "--size",
+        "5",
+        "--json",
+    ]));
     let rows = v["taps"].as_array().unwrap();
     assert_eq!(rows.len(), 5);
     assert_eq!(v["family"], "gauss");

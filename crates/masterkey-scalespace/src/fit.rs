@@ -69,7 +69,11 @@ pub struct FitOptions {
 
 impl Default for FitOptions {
     fn default() -> Self {
-        FitOptions { criterion: Criterion::L2, families: Family::ALL.to_vec(), discretisations: Discretisation::ALL.to_vec() }
+        FitOptions {
+            criterion: Criterion::L2,
+            families: Family::ALL.to_vec(),
+            discretisations: Discretisation::ALL.to_vec(),
+        }
     }
 }
 
@@ -135,12 +139,17 @@ pub fn fit_bank(bank: &Bank, options: &FitOptions) -> Result<BankFit> {
 pub fn fit_key(taps: &[f64], size: usize, label: &str, options: &FitOptions) -> Result<KeyFit> {
     check_size(size)?;
     if taps.len() != size * size {
-        return Err(InvalidInput(format!("key `{label}`: expected {} taps for {size}x{size}, found {}", size * size, taps.len())));
+        return Err(InvalidInput(format!(
+            "key `{label}`: expected {} taps for {size}x{size}, found {}",
+            size * size,
+            taps.len()
+        )));
     }
     if options.families.is_empty() || options.discretisations.is_empty() {
         return Err(InvalidInput("a fit needs at least one family and one discretisation".into()));
     }
-    let key = normalised(taps).ok_or_else(|| InvalidInput(format!("key `{label}` is constant and cannot be fitted")))?;
+    let key =
+        normalised(taps).ok_or_else(|| InvalidInput(format!("key `{label}` is constant and cannot be fitted")))?;
     let mut fits: Vec<(f64, ModelFit)> = Vec::new();
     for &family in &options.families {
         for &discretisation in &options.discretisations {
@@ -162,7 +171,8 @@ struct Comparison {
 
 fn compare(key: &[f64], model: &[f64]) -> Comparison {
     let cos: f64 = key.iter().zip(model).map(|(k, m)| k * m).sum();
-    let mut ratios: Vec<(f64, f64)> = key.iter().zip(model).filter(|(_, &m)| m != 0.0).map(|(&k, &m)| (k / m, m.abs())).collect();
+    let mut ratios: Vec<(f64, f64)> =
+        key.iter().zip(model).filter(|(_, &m)| m != 0.0).map(|(&k, &m)| (k / m, m.abs())).collect();
     ratios.sort_by(|a, b| a.0.total_cmp(&b.0));
     let half = ratios.iter().map(|r| r.1).sum::<f64>() / 2.0;
     let mut cumulative = 0.0;
@@ -197,12 +207,19 @@ const STOPPING: Stopping = Stopping { max_evaluations: 800, value_tolerance: 1e-
 
 /// The search coordinates `(ln sigma_x, ln sigma_y[, alpha])` as a model.
 fn model_at(family: Family, discretisation: Discretisation, point: &[f64]) -> Model {
-    let params = Params { sigma_x: point[0].exp(), sigma_y: point[1].exp(), alpha: family.has_alpha().then(|| point[2]) };
+    let params =
+        Params { sigma_x: point[0].exp(), sigma_y: point[1].exp(), alpha: family.has_alpha().then(|| point[2]) };
     Model { family, discretisation, params }
 }
 
 /// The best parameters of one family and discretisation, with the objective value.
-fn fit_model(key: &[f64], size: usize, family: Family, discretisation: Discretisation, criterion: Criterion) -> (f64, ModelFit) {
+fn fit_model(
+    key: &[f64],
+    size: usize,
+    family: Family,
+    discretisation: Discretisation,
+    criterion: Criterion,
+) -> (f64, ModelFit) {
     let objective = |point: &[f64]| -> f64 {
         let kernel = model_at(family, discretisation, point).kernel_unchecked(size);
         normalised(&kernel.taps).map_or(f64::INFINITY, |m| compare(key, &m).objective(criterion))
@@ -275,7 +292,8 @@ mod tests {
     fn recovers_the_parameters_of_a_synthetic_kernel_of_every_family() {
         for family in Family::ALL {
             let (truth, taps) = synthetic(family, Discretisation::Discrete);
-            let fit = fit_key(&taps, SIZE, "synthetic", &only(family, Discretisation::Discrete, Criterion::L2)).unwrap();
+            let fit =
+                fit_key(&taps, SIZE, "synthetic", &only(family, Discretisation::Discrete, Criterion::L2)).unwrap();
             let (got, want) = (fit.best.model.params, truth.params);
             assert!(fit.best.abs_cos > 0.999_999, "{family}: |cos| {}", fit.best.abs_cos);
             assert_eq!(fit.best.sign, -1, "{family}: the key was the model's negative");
@@ -305,7 +323,8 @@ mod tests {
     fn l1_fit_runs_and_recovers_an_exact_kernel() {
         for family in [Family::Gauss, Family::OffsetDown, Family::Sharpen] {
             let (truth, taps) = synthetic(family, Discretisation::Integrated);
-            let fit = fit_key(&taps, SIZE, "synthetic", &only(family, Discretisation::Integrated, Criterion::L1)).unwrap();
+            let fit =
+                fit_key(&taps, SIZE, "synthetic", &only(family, Discretisation::Integrated, Criterion::L1)).unwrap();
             assert!(fit.best.l1_residual < 1e-4, "{family}: {:?}", fit.best);
             assert!((fit.best.model.params.sigma_x - truth.params.sigma_x).abs() < 1e-2, "{family}: {:?}", fit.best);
         }

@@ -26,7 +26,8 @@ pub enum Discretisation {
 }
 
 impl Discretisation {
-    pub const ALL: [Discretisation; 3] = [Discretisation::Discrete, Discretisation::Sampled, Discretisation::Integrated];
+    pub const ALL: [Discretisation; 3] =
+        [Discretisation::Discrete, Discretisation::Sampled, Discretisation::Integrated];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -52,7 +52,8 @@ pub fn family_from_centroids(key: &[f32], size: usize) -> Family {
     if separation[0].hypot(separation[1]) < CENTRE_SURROUND_SEPARATION {
         let c = size / 2;
         let centre_tap = key[c * size + c];
-        let neighbours = key[(c - 1) * size + c] + key[(c + 1) * size + c] + key[c * size + c - 1] + key[c * size + c + 1];
+        let neighbours =
+            key[(c - 1) * size + c] + key[(c + 1) * size + c] + key[c * size + c - 1] + key[c * size + c + 1];
         return if neighbours * centre_tap > 0.0 { Family::Gauss } else { Family::Sharpen };
     }
     let vertical = separation[0].abs() > separation[1].abs();
@@ -99,7 +100,8 @@ fn bank_of(name: &str, size: usize, models: &[(String, Model, i8)], source: &str
     let mut keys = Vec::with_capacity(models.len() * size * size);
     for (label, model, sign) in models {
         let kernel = model.kernel(size)?;
-        let taps = normalised(&kernel.taps).ok_or_else(|| InvalidInput(format!("{label}: the model is constant at {size}x{size}")))?;
+        let taps = normalised(&kernel.taps)
+            .ok_or_else(|| InvalidInput(format!("{label}: the model is constant at {size}x{size}")))?;
         keys.extend(taps.iter().map(|&v| (f64::from(*sign) * v) as f32));
     }
     let labels = models.iter().map(|(label, model, _)| format!("{label}: {}", describe(model))).collect();
@@ -120,14 +122,18 @@ pub fn ideal8(size: usize) -> Result<Bank> {
             (published.labels[i].clone(), *model, if dot < 0.0 { -1 } else { 1 })
         })
         .collect();
-    let source = format!("idealised discrete scale-space models (masterkey-scalespace) fitted to published8: {PUBLISHED8_SOURCE}");
+    let source = format!(
+        "idealised discrete scale-space models (masterkey-scalespace) fitted to published8: {PUBLISHED8_SOURCE}"
+    );
     bank_of("ideal8", size, &models, &source, PUBLISHED8_LICENCE)
 }
 
 /// The bank of the best models of a fit, at an odd `size` in 3..=31.
 pub fn ideal_bank_from_fit(fit: &BankFit, source_licence: &str, size: usize) -> Result<Bank> {
-    let models: Vec<(String, Model, i8)> = fit.keys.iter().map(|k| (k.label.clone(), k.best.model, k.best.sign)).collect();
-    let source = format!("idealised scale-space models (masterkey-scalespace, {} fit) of bank `{}`", fit.criterion, fit.bank);
+    let models: Vec<(String, Model, i8)> =
+        fit.keys.iter().map(|k| (k.label.clone(), k.best.model, k.best.sign)).collect();
+    let source =
+        format!("idealised scale-space models (masterkey-scalespace, {} fit) of bank `{}`", fit.criterion, fit.bank);
     bank_of(&format!("ideal-{}", fit.bank), size, &models, &source, source_licence)
 }
 
@@ -149,11 +155,18 @@ mod tests {
         let published = Bank::published8();
         for (i, model) in PUBLISHED8_MODELS.iter().enumerate() {
             let taps: Vec<f64> = published.key(i).iter().map(|&v| v as f64).collect();
-            let options =
-                FitOptions { criterion: Criterion::L2, families: vec![model.family], discretisations: vec![Discretisation::Discrete] };
+            let options = FitOptions {
+                criterion: Criterion::L2,
+                families: vec![model.family],
+                discretisations: vec![Discretisation::Discrete],
+            };
             let fit = fit_key(&taps, 7, "key", &options).unwrap().best.model.params;
             let close = |a: f64, b: f64| (a - b).abs() < 1e-3;
-            assert!(close(fit.sigma_x, model.params.sigma_x) && close(fit.sigma_y, model.params.sigma_y), "key {}: fit {fit:?}", i + 1);
+            assert!(
+                close(fit.sigma_x, model.params.sigma_x) && close(fit.sigma_y, model.params.sigma_y),
+                "key {}: fit {fit:?}",
+                i + 1
+            );
             assert!(
                 fit.alpha.zip(model.params.alpha).map_or(fit.alpha == model.params.alpha, |(a, b)| close(a, b)),
                 "key {}: fit {fit:?}",

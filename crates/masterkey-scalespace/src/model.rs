@@ -69,7 +69,11 @@ pub fn normalised(taps: &[f64]) -> Option<Vec<f64>> {
 /// Checks that `size` is an odd kernel size in [`SIZE_RANGE`].
 pub fn check_size(size: usize) -> Result<()> {
     if size % 2 != 1 || !SIZE_RANGE.contains(&size) {
-        return Err(InvalidInput(format!("kernel size must be odd and in {}..={}, found {size}", SIZE_RANGE.start(), SIZE_RANGE.end())));
+        return Err(InvalidInput(format!(
+            "kernel size must be odd and in {}..={}, found {size}",
+            SIZE_RANGE.start(),
+            SIZE_RANGE.end()
+        )));
     }
     Ok(())
 }
@@ -94,9 +98,11 @@ impl Model {
         }
         match (self.family.has_alpha(), p.alpha) {
             (true, Some(alpha)) if ALPHA_RANGE.contains(&alpha) => Ok(()),
-            (true, Some(alpha)) => {
-                Err(InvalidInput(format!("alpha must be in [{}, {}], found {alpha}", ALPHA_RANGE.start(), ALPHA_RANGE.end())))
-            }
+            (true, Some(alpha)) => Err(InvalidInput(format!(
+                "alpha must be in [{}, {}], found {alpha}",
+                ALPHA_RANGE.start(),
+                ALPHA_RANGE.end()
+            ))),
             (true, None) => Err(InvalidInput(format!("family `{}` needs alpha, found none", self.family))),
             (false, Some(_)) => Err(InvalidInput(format!("family `{}` has no alpha, but one was given", self.family))),
             (false, None) => Ok(()),
@@ -168,9 +174,9 @@ mod tests {
                             let m = Model::new(family, d, Params { sigma_x: sx, sigma_y: sy, alpha }).unwrap();
                             let k = m.kernel(size).unwrap();
                             assert!(k.taps.iter().all(|v| v.is_finite()), "{family} {d} {size} {sx} {sy}");
-                            let n = k
-                                .normalised()
-                                .unwrap_or_else(|| panic!("{family} {d} size {size} sigma {sx},{sy} alpha {alpha:?} is constant"));
+                            let n = k.normalised().unwrap_or_else(|| {
+                                panic!("{family} {d} size {size} sigma {sx},{sy} alpha {alpha:?} is constant")
+                            });
                             let norm: f64 = n.iter().map(|v| v * v).sum();
                             assert!((norm - 1.0).abs() < 1e-12);
                         }
@@ -229,7 +235,9 @@ mod tests {
         let m = model(Family::Gauss, Discretisation::Discrete, 1.0, 1.0);
         assert!(m.kernel(4).unwrap_err().0.contains("odd"));
         assert!(m.kernel(33).unwrap_err().0.contains("3..=31"));
-        let bad = |family, sigma_x, alpha| Model::new(family, Discretisation::Sampled, Params { sigma_x, sigma_y: 1.0, alpha });
+        let bad = |family, sigma_x, alpha| {
+            Model::new(family, Discretisation::Sampled, Params { sigma_x, sigma_y: 1.0, alpha })
+        };
         assert!(bad(Family::Gauss, 0.05, None).unwrap_err().0.contains("sigma_x"));
         assert!(bad(Family::Sharpen, 1.0, None).unwrap_err().0.contains("needs alpha"));
         assert!(bad(Family::Sharpen, 1.0, Some(9.0)).unwrap_err().0.contains("alpha must be"));

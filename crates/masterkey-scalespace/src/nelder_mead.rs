@@ -55,7 +55,8 @@ pub fn minimise(
         if converged(&simplex, stopping) {
             break;
         }
-        let centroid: Vec<f64> = (0..n).map(|i| simplex[..n].iter().map(|(p, _)| p[i]).sum::<f64>() / n as f64).collect();
+        let centroid: Vec<f64> =
+            (0..n).map(|i| simplex[..n].iter().map(|(p, _)| p[i]).sum::<f64>() / n as f64).collect();
         let along = |t: f64| -> Vec<f64> {
             let worst = &simplex[n].0;
             let mut p: Vec<f64> = (0..n).map(|i| centroid[i] + t * (centroid[i] - worst[i])).collect();
@@ -101,7 +102,8 @@ pub fn minimise(
 fn converged(sorted: &[(Vec<f64>, f64)], stopping: Stopping) -> bool {
     let (best, worst) = (&sorted[0], &sorted[sorted.len() - 1]);
     let values_agree = (worst.1 - best.1).abs() <= stopping.value_tolerance;
-    let points_agree = sorted[1..].iter().all(|(p, _)| p.iter().zip(&best.0).all(|(a, b)| (a - b).abs() <= stopping.point_tolerance));
+    let points_agree =
+        sorted[1..].iter().all(|(p, _)| p.iter().zip(&best.0).all(|(a, b)| (a - b).abs() <= stopping.point_tolerance));
     values_agree && points_agree
 }
 
