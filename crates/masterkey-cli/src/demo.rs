@@ -61,6 +61,13 @@ pub fn run(args: Args) -> Result<()> {
         files.push(path.display().to_string());
     }
 
+    if bank.kernel.h == bank.kernel.w && bank.kernel.h % 2 == 1 {
+        let scalespace_dir = out.join("scalespace");
+        let fit = masterkey_scalespace::fit_bank(&bank, &masterkey_scalespace::FitOptions::default())?;
+        crate::scalespace_cmd::save_fit_outputs(&bank, &fit, &scalespace_dir)?;
+        files.push(scalespace_dir.join("fit.json").display().to_string());
+        files.push(scalespace_dir.join("keys_vs_models.png").display().to_string());
+    }
     let report = out.join("report.html");
     masterkey_report::write(out, &report)?;
     files.push(report.display().to_string());

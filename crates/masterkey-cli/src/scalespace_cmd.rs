@@ -1,10 +1,11 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use masterkey_core::Bank;
+use masterkey_render::FilterGrid;
 use masterkey_scalespace::ideal::describe;
 use masterkey_scalespace::{
-    fit_bank, ideal8, ideal_bank_from_fit, Criterion, Discretisation, Family, FitOptions, Model, Params,
+    fit_bank, ideal8, ideal_bank_from_fit, BankFit, Criterion, Discretisation, Family, FitOptions, Model, Params,
 };
 use serde::Serialize;
 
@@ -21,6 +22,9 @@ pub enum ScalespaceCommand {
         /// are both zero-mean, unit-L2 and the sign is free.
         #[arg(long, default_value = "l2")]
         criterion: Criterion,
+        /// Folder to write `fit.json` and `keys_vs_models.png` (keys on top, their models below) to.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
         /// Print one JSON object on stdout instead of a table.
         #[arg(long)]
         json: bool,
@@ -66,6 +70,20 @@ pub enum ScalespaceCommand {
     },
 }
 
+/// Writes `fit.json` and `keys_vs_models.png`: the keys in one row and, below
+/// each, its best model (normalised, with the fit's sign), on one colour scale.
+pub fn save_fit_outputs(bank: &Bank, fit: &BankFit, dir: &Path) -> Result<()> {
+    masterkey_core::atomic::write_file(&dir.join("fit.json"), &serde_json::to_vec_pretty(fit)?)?;
+    let mut models = Vec::new();
+    for key in &fit.keys {
+        let taps = key.best.model.kernel(bank.kernel.h)?.normalised().unwrap_or_default();
+        models.push(taps.iter().map(|&v| (v * f64::from(key.best.sign)) as f32).collect::<Vec<f32>>());
+    }
+    let filters = (0..bank.len()).map(|i| bank.key(i)).chain(models.iter().map(Vec::as_slice)).collect();
+    FilterGrid { kernel: bank.kernel, filters, columns: bank.len() }.save_png(&dir.join("keys_vs_models.png"))?;
+    Ok(())
+}
+
 #[derive(Serialize)]
 struct KernelOutput {
     #[serde(flatten)]
@@ -78,9 +96,12 @@ struct KernelOutput {
 
 pub fn run(cmd: ScalespaceCommand) -> Result<()> {
     match cmd {
-        ScalespaceCommand::Fit { bank, criterion, json } => {
+        ScalespaceCommand::Fit { bank, criterion, output, json } => {
             let bank = Bank::resolve(&bank)?;
             let fit = fit_bank(&bank, &FitOptions { criterion, ..FitOptions::default() })?;
+            if let Some(dir) = &output {
+                save_fit_outputs(&bank, &fit, dir)?;
+            }
             if json {
                 return print_json(&fit);
             }
@@ -119,6 +140,9 @@ pub fn run(cmd: ScalespaceCommand) -> Result<()> {
                 ]);
             }
             println!("{t}\n(sigmas in pixels; x rightwards, y downwards)");
+            if let Some(dir) = &output {
+                println!("written to {}", dir.display());
+            }
             Ok(())
         }
         ScalespaceCommand::Bank { size, from_fit, output, png } => {
