@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use masterkey_core::KernelSize;
 use masterkey_formats::read_model;
+
+mod common;
+use common::asymmetric;
 use serde_json::{json, Value};
 
 /// One manifest entry and the bytes it occupies in its group.
@@ -20,19 +23,6 @@ fn hwc_values(kh: usize, kw: usize, channels: usize) -> Vec<f32> {
         for col in 0..kw {
             for c in 0..channels {
                 values[(r * kw + col) * channels + c] = (100 * c + 10 * r + col) as f32;
-            }
-        }
-    }
-    values
-}
-
-/// The same filters in the project's `[channel][row][col]` layout.
-fn project_values(kh: usize, kw: usize, channels: usize) -> Vec<f32> {
-    let mut values = Vec::new();
-    for c in 0..channels {
-        for r in 0..kh {
-            for col in 0..kw {
-                values.push((100 * c + 10 * r + col) as f32);
             }
         }
     }
@@ -164,7 +154,7 @@ fn layers_model_keeps_non_square_filter_orientation_and_skips_other_weights() {
     assert_eq!(layer.name, "dw1/depthwise_kernel");
     assert_eq!(layer.kernel, KernelSize::new(3, 5));
     assert_eq!(layer.channels, 2);
-    assert_eq!(layer.weights, project_values(3, 5, 2));
+    assert_eq!(layer.weights, asymmetric(2, 3, 5));
 }
 
 #[test]
@@ -190,7 +180,7 @@ fn layers_model_finds_kernels_of_nested_models_under_prefixed_names() {
     let layers = read_model(&path).unwrap().layers;
     let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["backbone/block_dw/depthwise_kernel", "backbone/sep/depthwise_kernel"]);
-    assert_eq!(layers[1].weights, project_values(5, 5, 2));
+    assert_eq!(layers[1].weights, asymmetric(2, 5, 5));
 }
 
 #[test]
@@ -221,9 +211,9 @@ fn graph_model_takes_filters_from_depthwise_nodes_through_identities() {
     let layers = read_model(&path).unwrap().layers;
     let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["w1", "w2"]);
-    assert_eq!(layers[0].weights, project_values(3, 5, 2));
+    assert_eq!(layers[0].weights, asymmetric(2, 3, 5));
     assert_eq!(layers[1].kernel, KernelSize::new(5, 3));
-    assert_eq!(layers[1].weights, project_values(5, 3, 3));
+    assert_eq!(layers[1].weights, asymmetric(3, 5, 3));
 }
 
 #[test]
@@ -234,7 +224,7 @@ fn float16_weights_decode_to_their_values() {
         write_model(dir.path(), topology, &[f16_weight("dw/depthwise_kernel", &[3, 5, 2, 1], &hwc_values(3, 5, 2))]);
 
     let layers = read_model(&path).unwrap().layers;
-    assert_eq!(layers[0].weights, project_values(3, 5, 2));
+    assert_eq!(layers[0].weights, asymmetric(2, 3, 5));
 }
 
 #[test]
@@ -296,8 +286,8 @@ fn a_groups_shards_are_one_stream_and_groups_keep_manifest_order() {
 
     let layers = read_model(&path).unwrap().layers;
     assert_eq!(layers.len(), 2);
-    assert_eq!(layers[0].weights, project_values(3, 5, 2));
-    assert_eq!(layers[1].weights, project_values(5, 5, 3));
+    assert_eq!(layers[0].weights, asymmetric(2, 3, 5));
+    assert_eq!(layers[1].weights, asymmetric(3, 5, 5));
 }
 
 #[test]
@@ -312,7 +302,7 @@ fn string_and_other_typed_weights_before_a_kernel_are_stepped_over() {
     );
 
     let layers = read_model(&path).unwrap().layers;
-    assert_eq!(layers[0].weights, project_values(3, 3, 2));
+    assert_eq!(layers[0].weights, asymmetric(2, 3, 3));
 }
 
 #[test]
@@ -332,7 +322,7 @@ fn without_a_topology_weights_named_depthwise_are_the_kernels() {
     let layers = read_model(&path).unwrap().layers;
     assert_eq!(layers.len(), 1);
     assert_eq!(layers[0].name, "MobilenetV1/Conv2d_1_depthwise/depthwise_weights");
-    assert_eq!(layers[0].weights, project_values(3, 5, 2));
+    assert_eq!(layers[0].weights, asymmetric(2, 3, 5));
 }
 
 #[test]

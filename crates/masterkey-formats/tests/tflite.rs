@@ -2,11 +2,12 @@
 //! `FlatBufferBuilder` (field ids from `tensorflow/lite/schema/schema.fbs`,
 //! written independently of the reader's). No real TFLite model is available.
 
-use std::path::{Path, PathBuf};
-
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use masterkey_core::{KernelSize, ModelFilters};
 use masterkey_formats::read_model;
+
+mod common;
+use common::asymmetric;
 
 const CONV_2D: i32 = 3;
 const DEPTHWISE_CONV_2D: i32 = 4;
@@ -195,19 +196,6 @@ fn opcode_table<'f>(fbb: &mut FlatBufferBuilder<'f>, builtin: i32) -> WIPOffset<
     fbb.end_table(start)
 }
 
-/// Filters `[c][r][col]` with value `100*c + 10*r + col`.
-fn asymmetric(channels: usize, kh: usize, kw: usize) -> Vec<f32> {
-    let mut out = Vec::new();
-    for c in 0..channels {
-        for r in 0..kh {
-            for col in 0..kw {
-                out.push((100 * c + 10 * r + col) as f32);
-            }
-        }
-    }
-    out
-}
-
 /// `[c][r][col]` filters to TFLite's `[1, kh, kw, C]`.
 fn to_1hwc<T: Copy>(filters: &[T], channels: usize, kh: usize, kw: usize) -> Vec<T> {
     let mut out = Vec::new();
@@ -242,26 +230,6 @@ fn single_dw(filter: TensorSpec, data: Data) -> ModelSpec {
 fn asymmetric_f32_model() -> ModelSpec {
     let data = f32_bytes(&to_1hwc(&asymmetric(2, 3, 5), 2, 3, 5));
     single_dw(tensor("dw/filter", &[1, 3, 5, 2], FLOAT32, 1), Data::Inline(data))
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-fn read(bytes: &[u8]) -> ModelFilters {
-    let dir = tempfile::tempdir().unwrap();
-    read_model(&write(dir.path(), "model.tflite", bytes)).unwrap()
-}
-
-/// The error for `bytes`, checked to name the file.
-fn read_error(bytes: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "broken-model.tflite", bytes);
-    let message = read_model(&path).expect_err("expected an error").to_string();
-    assert!(message.contains("broken-model.tflite"), "error does not name the file: {message}");
-    message
 }
 
 #[test]
@@ -382,7 +350,7 @@ fn any_single_corrupt_byte_gives_a_result_not_a_panic() {
             let mut corrupt = bytes.clone();
             corrupt[i] ^= mask;
             // Either outcome is fine; reaching the next byte means no panic.
-            let _ = read_model(&write(dir.path(), "flipped.tflite", &corrupt));
+            let _ = read_model(&common::write(dir.path(), "flipped.tflite", &corrupt));
         }
     }
 }
@@ -423,4 +391,12 @@ fn nan_weight_is_an_error() {
 fn dw_filter_without_data_or_dequantize_is_an_error() {
     let message = read_error(&single_dw(tensor("dw/filter", &[1, 3, 5, 2], FLOAT32, 0), Data::Empty).file());
     assert!(message.contains("holds no data"), "{message}");
+}
+
+fn read(bytes: &[u8]) -> ModelFilters {
+    common::read_as("model.tflite", bytes)
+}
+
+fn read_error(bytes: &[u8]) -> String {
+    common::read_error_as("broken-model.tflite", bytes)
 }
