@@ -1,12 +1,15 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use masterkey_core::fit::FitRecord;
+use masterkey_core::fit::{FitRecord, RandomControl};
 use masterkey_core::{fit_set, Bank, FitOptions};
 use serde::Serialize;
 
 use crate::extract::{print_models_table, read_models, ModelSummary};
 use crate::{fetch_cmd, fit_cmd, pictures, print_json, ReadOptions};
+
+/// Seed of the random bank the demo fits as a control.
+const CONTROL_SEED: u64 = 1;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,10 +40,12 @@ pub fn run(args: Args) -> Result<()> {
     let bank = Bank::resolve(&args.bank)?;
     let paths: Vec<PathBuf> = fetch_cmd::ensure_models(&[])?.into_iter().map(|(_, p)| p).collect();
     let (set, models) = read_models(&paths, args.read.dead_tol)?;
-    let (fits, report) = fit_set(&set, &bank, &FitOptions::default());
+    let options = FitOptions::default();
+    let (fits, report) = fit_set(&set, &bank, &options);
     let record = FitRecord {
         inputs: paths.iter().map(|p| p.display().to_string()).collect(),
         dead_tolerance: set.dead_tolerance,
+        random_control: Some(RandomControl::compute(&set, &bank, &options, CONTROL_SEED)),
         report,
     };
 
@@ -76,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
         return print_json(&DemoOutput { models: &models, files, record: &record });
     }
     print_models_table(&models);
-    fit_cmd::print_report(&set, &record.report);
+    fit_cmd::print_report(&set, &record);
     println!("\nWritten:");
     for f in &files {
         println!("  {f}");

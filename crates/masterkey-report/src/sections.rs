@@ -145,6 +145,10 @@ fn stats_rows(record: &FitRecord) -> (Vec<String>, Vec<Vec<String>>) {
     rows.extend(report.per_kernel.iter().map(|(k, s)| row(format!("kernel {k}"), s)));
     rows.extend(report.per_model.iter().map(|(m, s)| row(short(m), s)));
     rows.extend(report.per_depth_band.iter().map(|(b, s)| row(format!("depth {b}"), s)));
+    if let Some(control) = &record.random_control {
+        rows.push(row(format!("control: {}", control.bank), &control.overall));
+        rows.extend(control.per_kernel.iter().map(|(k, s)| row(format!("control: {} at {k}", control.bank), s)));
+    }
     (header, rows)
 }
 
@@ -218,6 +222,15 @@ fn fit(dir: &Path) -> Result<Option<Section>> {
     );
     let (header, rows) = stats_rows(&record);
     body.push_str(&table(&header, &rows));
+    if let Some(control) = &record.random_control {
+        body.push_str(&format!(
+            "<p>Control rows: the same filters fitted to {} random normal keys of {} (seed {}), the coverage that \
+             chance alone gives.</p>",
+            control.overall.usage.len(),
+            escape(&report.bank_kernel),
+            control.seed
+        ));
+    }
 
     let mut usage_header = vec!["key".to_string(), "all".into()];
     usage_header.extend(report.per_model.keys().map(|m| short(m)));

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use base64::Engine;
-use masterkey_core::fit::{save_fits_csv, FitRecord};
+use masterkey_core::fit::{save_fits_csv, FitRecord, RandomControl};
 use masterkey_core::{fit_set, Bank, DwLayer, FilterSet, FitOptions, KernelSize, ModelFilters};
 use masterkey_render::FilterGrid;
 
@@ -41,6 +41,7 @@ fn results_folder(dir: &Path) -> FitRecord {
     let record = FitRecord {
         inputs: vec!["/models/keyed.safetensors".into(), "/models/noise.onnx".into()],
         dead_tolerance: set.dead_tolerance,
+        random_control: Some(RandomControl::compute(&set, &bank, &FitOptions::default(), 5)),
         report,
     };
     fs::create_dir_all(dir.join("fit")).unwrap();
@@ -95,6 +96,9 @@ fn report_has_its_sections_images_and_numbers() {
     assert!(html.contains(&format!("<td class=\"num\">{:.3}</td>", overall.mean_abs_cos)));
     assert!(html.contains("keyed.safetensors") && html.contains("noise.onnx") && html.contains("centre-crop"));
     assert!(html.contains("CC BY 4.0"));
+    let control = record.random_control.as_ref().unwrap();
+    assert!(html.contains("<td>control: random8-seed5</td>"));
+    assert!(html.contains(&format!("<td class=\"num\">{:.3}</td>", control.overall.mean_abs_cos)));
     // The scale-space table names each key's family.
     for family in ["offset-down", "sharpen", "gauss"] {
         assert!(html.contains(&format!("<td>{family}</td>")), "{family}");
