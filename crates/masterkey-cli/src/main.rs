@@ -2,11 +2,13 @@
 
 mod bank_cmd;
 mod bench;
+mod compare_cmd;
 mod demo;
 mod extract;
 mod fetch_cmd;
 mod fit_cmd;
 mod pictures;
+mod search_cmd;
 mod ui;
 
 
@@ -38,6 +40,10 @@ enum Command {
     /// Benchmarks (not tests), each side by side with a reference in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Find a bank of keys in filters (k-means, autoencoder, pca) with its coverage-vs-K curve.
+    Search(search_cmd::Args),
+    /// Match the keys of two banks one to one (sign free, optionally up to rotations and flips).
+    Compare(compare_cmd::Args),
 }
 
 /// Options shared by commands that read filters.
@@ -57,6 +63,8 @@ fn main() -> ExitCode {
         Command::Fetch(args) => fetch_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Search(args) => search_cmd::run(args),
+        Command::Compare(args) => compare_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
