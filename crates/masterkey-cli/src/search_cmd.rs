@@ -26,8 +26,8 @@ pub struct Args {
     /// Number of keys, or `auto`: the elbow of the coverage-vs-K curve, found by
     /// kneedle on the log residual -ln(1 - mean |cos|) — K and that residual scaled
     /// to [0, 1], the K farthest above the chord from the first point to the last.
-    #[arg(short, long, default_value = "auto", value_parser = parse_k)]
-    k: KChoice,
+    #[arg(short = 'k', long = "keys", value_name = "K", default_value = "auto", value_parser = parse_k)]
+    keys: KChoice,
     #[arg(long, value_enum, default_value = "kmeans")]
     method: MethodArg,
     /// Kernel size to search, e.g. 7x7 (default: the size with the most non-dead filters).
@@ -135,7 +135,7 @@ pub fn run(args: Args) -> Result<()> {
         }),
         MethodArg::Pca => Method::Pca,
     };
-    let options = SearchOptions { method, k: args.k, max_k: args.max_k, thresholds: args.thresholds.clone() };
+    let options = SearchOptions { method, k: args.keys, max_k: args.max_k, thresholds: args.thresholds.clone() };
     let set_label = args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
 
     let bar = ui::progress(0, "searching");
@@ -175,7 +175,8 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     println!("Bank `{}`: {} keys ({}), {}.", bank.name, bank.len(), outcome.k_rule, bank.source);
-    println!("Kernel sizes in the set: {:?}; searched {}.\n", set.kernel_counts(), filters.kernel);
+    let sizes: Vec<String> = set.kernel_counts().iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    println!("Filters by kernel size: {}; searched {}.\n", sizes.join(", "), filters.kernel);
     let mut t = ui::table(&["key", "filters", "share", "mean |cos|"]);
     for u in &outcome.usage {
         t.add_row(vec![comfy_table::Cell::new(&u.label), ui::num(u.filters), ui::pct(u.share), ui::num(format!("{:.3}", u.mean_abs_cos))]);

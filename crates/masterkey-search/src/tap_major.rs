@@ -6,6 +6,16 @@
 /// Keys are padded to a multiple of this many lanes.
 pub(crate) const LANES: usize = 8;
 
+/// The best key of one filter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Best {
+    pub key: usize,
+    /// The signed dot product with it.
+    pub dot: f32,
+    /// The largest `|dot|` with any other key.
+    pub second_abs: f32,
+}
+
 /// Filters handled together by [`TapMajorKeys::best_of_block`].
 pub(crate) const BLOCK: usize = 4;
 
@@ -34,14 +44,16 @@ impl TapMajorKeys {
         TapMajorKeys { taps, padded, data }
     }
 
-    /// For each of [`BLOCK`] filters, the key with the largest `|<x, key>|`
-    /// (the first on ties) and that signed dot product.
+    /// For each of [`BLOCK`] filters: the key with the largest `|<x, key>|`
+    /// (the first on ties), that signed dot product, and the largest `|<x, key>|`
+    /// of the other keys (0 if there are none).
     #[inline(always)]
-    pub(crate) fn best_of_block(&self, xs: [&[f32]; BLOCK], m: impl MulAdd) -> [(usize, f32); BLOCK] {
+    pub(crate) fn best_of_block(&self, xs: [&[f32]; BLOCK], m: impl MulAdd) -> [Best; BLOCK] {
         let xs = xs.map(|x| &x[..self.taps]);
         let mut best_key = [0usize; BLOCK];
         let mut best_dot = [0.0f32; BLOCK];
         let mut best_abs = [-1.0f32; BLOCK];
+        let mut second_abs = [0.0f32; BLOCK];
         for group in 0..self.padded / LANES {
             let mut acc = [[0.0f32; LANES]; BLOCK];
             for t in 0..self.taps {
@@ -59,13 +71,14 @@ impl TapMajorKeys {
             for f in 0..BLOCK {
                 for (l, &d) in acc[f].iter().enumerate() {
                     let better = d.abs() > best_abs[f];
+                    second_abs[f] = if better { best_abs[f].max(second_abs[f]) } else { second_abs[f].max(d.abs()) };
                     best_abs[f] = if better { d.abs() } else { best_abs[f] };
                     best_dot[f] = if better { d } else { best_dot[f] };
                     best_key[f] = if better { group * LANES + l } else { best_key[f] };
                 }
             }
         }
-        std::array::from_fn(|f| (best_key[f], best_dot[f]))
+        std::array::from_fn(|f| Best { key: best_key[f], dot: best_dot[f], second_abs: second_abs[f] })
     }
 }
 
