@@ -2,6 +2,7 @@
 
 mod bank_cmd;
 mod bench;
+mod compare_cmd;
 mod demo;
 mod extract;
 mod fetch_cmd;
@@ -9,6 +10,7 @@ mod fit_cmd;
 mod pictures;
 mod report_cmd;
 mod scalespace_cmd;
+mod search_cmd;
 mod ui;
 
 use std::process::ExitCode;
@@ -48,6 +50,10 @@ enum Command {
     /// Idealised scale-space models of the keys: fit a bank, write an ideal bank, print a kernel.
     #[command(subcommand)]
     Scalespace(scalespace_cmd::ScalespaceCommand),
+    /// Find a bank of keys in filters (k-means, autoencoder, pca) with its coverage-vs-K curve.
+    Search(search_cmd::Args),
+    /// Match the keys of two banks one to one (sign free, optionally up to rotations and flips).
+    Compare(compare_cmd::Args),
 }
 
 /// Options shared by commands that read filters.
@@ -69,6 +75,8 @@ fn main() -> ExitCode {
         Command::Report(args) => report_cmd::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Scalespace(cmd) => scalespace_cmd::run(cmd),
+        Command::Search(args) => search_cmd::run(args),
+        Command::Compare(args) => compare_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
