@@ -24,8 +24,7 @@ pub mod scorer;
 pub mod search;
 mod tap_major;
 
-#[cfg(test)]
-mod synthetic;
+pub mod synthetic;
 
 pub use autoencoder::AutoencoderOptions;
 pub use compare::{compare, Comparison, KeyMatch, Symmetry};

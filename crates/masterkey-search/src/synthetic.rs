@@ -1,4 +1,5 @@
-//! Test data: filters made as `a*key + b + noise` from a known bank.
+//! Synthetic filters made as `a*key + b + noise` from a known bank: test data
+//! whose right answer is known, and benchmark data shaped like trained filters.
 
 use masterkey_core::{Bank, DwLayer, FilterSet, KernelSize, ModelFilters};
 use rand::{Rng, SeedableRng};

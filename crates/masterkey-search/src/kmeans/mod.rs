@@ -95,6 +95,19 @@ pub fn kmeans(filters: &NormalisedFilters, k: usize, options: &KMeansOptions) ->
     Ok(best.expect("at least one restart"))
 }
 
+/// The k-means++ seeds of restart 0 for `seed`, so that another
+/// implementation (a benchmark's reference) can start from the same centroids.
+pub fn plus_plus_seeds(filters: &NormalisedFilters, k: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(0);
+    seed_plus_plus(filters, k, &mut rng)
+}
+
+/// One run of the iterations from given centroids (`k * taps` values).
+pub fn kmeans_from(filters: &NormalisedFilters, centroids: Vec<f32>, options: &KMeansOptions) -> KMeansResult {
+    lloyd(filters, centroids, options, 0)
+}
+
 /// k-means++ seeding with the distance `1 - |cos|` to the nearest chosen seed.
 fn seed_plus_plus(filters: &NormalisedFilters, k: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     let taps = filters.taps();
