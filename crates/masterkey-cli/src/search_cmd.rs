@@ -5,6 +5,7 @@ use masterkey_core::{FitOptions, KernelSize};
 use masterkey_search::filters::{pick_group, NormalisedFilters};
 use masterkey_search::{
     search, AutoencoderOptions, CoverageCurve, FitObjective, KChoice, KMeansOptions, KeyUsage, Method, SearchOptions,
+    SearchOutcome,
 };
 use serde::Serialize;
 
@@ -117,6 +118,13 @@ fn curve_path(bank: &Path) -> PathBuf {
     bank.with_extension("curve.json")
 }
 
+/// Writes the bank, its curve (`<bank>.curve.json`) and its keys as a PNG (`<bank>.png`).
+pub fn save_outcome(outcome: &SearchOutcome, bank_file: &Path) -> Result<()> {
+    outcome.bank.save(bank_file)?;
+    masterkey_core::atomic::write_file(&curve_path(bank_file), &serde_json::to_vec_pretty(&outcome.curve)?)?;
+    crate::pictures::bank_png(&outcome.bank, &bank_file.with_extension("png"))
+}
+
 pub fn run(args: Args) -> Result<()> {
     let (set, _) = crate::extract::read_models(&args.inputs, args.read.dead_tol)?;
     let group = pick_group(&set, args.kernel)?;
@@ -153,9 +161,8 @@ pub fn run(args: Args) -> Result<()> {
     let outcome = outcome?;
 
     let curve_file = args.output.as_deref().map(curve_path);
-    if let (Some(bank_file), Some(curve_file)) = (&args.output, &curve_file) {
-        outcome.bank.save(bank_file)?;
-        masterkey_core::atomic::write_file(curve_file, &serde_json::to_vec_pretty(&outcome.curve)?)?;
+    if let Some(bank_file) = &args.output {
+        save_outcome(&outcome, bank_file)?;
     }
     let bank = &outcome.bank;
     if args.json {
@@ -214,7 +221,12 @@ pub fn run(args: Args) -> Result<()> {
     println!("Coverage versus K (share of the {} non-dead filters whose best key reaches |cos|):\n{t}", curve.filters);
     println!("Elbow rule: {}.", curve.elbow_rule);
     if let (Some(bank_file), Some(curve_file)) = (&args.output, &curve_file) {
-        println!("bank written to {} (curve: {})", bank_file.display(), curve_file.display());
+        println!(
+            "bank written to {} (curve: {}, keys drawn: {})",
+            bank_file.display(),
+            curve_file.display(),
+            bank_file.with_extension("png").display()
+        );
     }
     Ok(())
 }
