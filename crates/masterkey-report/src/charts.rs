@@ -15,6 +15,8 @@ pub struct Axes<'a> {
     pub y_desc: &'a str,
     pub x_range: std::ops::Range<f64>,
     pub y_range: std::ops::Range<f64>,
+    /// Where the legend goes: a corner the curves leave free.
+    pub legend: SeriesLabelPosition,
 }
 
 fn colour(i: usize) -> RGBColor {
@@ -136,7 +138,13 @@ mod tests {
 
     #[test]
     fn charts_are_svg_with_their_labels() {
-        let axes = Axes { x_desc: "|cos| threshold", y_desc: "coverage (%)", x_range: 0.0..1.0, y_range: 0.0..100.0 };
+        let axes = Axes {
+            x_desc: "|cos| threshold",
+            y_desc: "coverage (%)",
+            x_range: 0.0..1.0,
+            y_range: 0.0..100.0,
+            legend: SeriesLabelPosition::LowerLeft,
+        };
         let svg = line_chart(
             "t",
             &axes,

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::charts::{self, Axes, Series};
 use crate::html::{escape, figure, png_img, table};
+use plotters::prelude::SeriesLabelPosition;
 
 pub struct Section {
     pub id: String,
@@ -251,7 +252,13 @@ fn fit(dir: &Path) -> Result<Option<Section>> {
     body.push_str(&table(&usage_header, &usage_rows));
 
     if let Some(rows) = read_fit_rows(&fit_dir.join("fits.csv"))? {
-        let axes = Axes { x_desc: "|cos| threshold", y_desc: "coverage (%)", x_range: 0.0..1.0, y_range: 0.0..100.0 };
+        let axes = Axes {
+            x_desc: "|cos| threshold",
+            y_desc: "coverage (%)",
+            x_range: 0.0..1.0,
+            y_range: 0.0..100.0,
+            legend: SeriesLabelPosition::LowerLeft,
+        };
         let svg = charts::line_chart("Coverage versus threshold", &axes, &coverage_curves(&rows));
         body.push_str(&figure(&svg, &format!("Coverage versus |cos| threshold, from fit/fits.csv; {settings}.")));
         for (model, shares) in usage_by_depth(&rows, report.labels.len()) {
@@ -464,8 +471,13 @@ fn found_banks(dir: &Path) -> Result<Option<Section>> {
             }
         }
         let max_k = curve.points.iter().map(|p| p.k).max().unwrap_or(1) as f64;
-        let axes =
-            Axes { x_desc: "K (keys in the bank)", y_desc: "percent", x_range: 0.5..max_k + 0.5, y_range: 0.0..100.0 };
+        let axes = Axes {
+            x_desc: "K (keys in the bank)",
+            y_desc: "percent",
+            x_range: 0.5..max_k + 0.5,
+            y_range: 0.0..100.0,
+            legend: SeriesLabelPosition::LowerRight,
+        };
         let svg = charts::line_chart(&format!("Coverage versus K, {} filters", curve.kernel), &axes, &series);
         body.push_str(&figure(
             &svg,
