@@ -75,7 +75,7 @@ fn draw_lines<DB: DrawingBackend>(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(axes.legend.clone())
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
