@@ -7,6 +7,7 @@ mod extract;
 mod fetch_cmd;
 mod fit_cmd;
 mod pictures;
+mod train_cmd;
 mod ui;
 
 use std::process::ExitCode;
@@ -41,6 +42,10 @@ enum Command {
     /// Benchmarks (not tests), each side by side with a reference in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Train a network whose depthwise filters are trainable, frozen to a bank, bank-initialised or random-frozen.
+    Train(Box<train_cmd::TrainArgs>),
+    /// Evaluate a training checkpoint on its test set.
+    Eval(train_cmd::EvalArgs),
 }
 
 /// Options shared by commands that read filters.
@@ -60,6 +65,8 @@ fn main() -> ExitCode {
         Command::Fetch(args) => fetch_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Train(args) => train_cmd::run_train(*args),
+        Command::Eval(args) => train_cmd::run_eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -83,7 +83,10 @@ pub fn save<B: AutodiffBackend, O: Optimizer<Network<B>, B>>(
 fn read(dir: &Path, name: &str) -> Result<(PathBuf, Vec<u8>)> {
     let path = dir.join(name);
     if !dir.is_dir() {
-        return Err(Error::invalid(dir, "missing: expected a checkpoint folder (model.mpk, optimizer.mpk, state.json)"));
+        return Err(Error::invalid(
+            dir,
+            "missing: expected a checkpoint folder (model.mpk, optimizer.mpk, state.json)",
+        ));
     }
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     Ok((path, bytes))

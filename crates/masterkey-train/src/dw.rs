@@ -98,7 +98,9 @@ pub struct ChannelKey {
 #[derive(Debug, Clone)]
 pub enum KeyChoice {
     RoundRobin,
-    Random { seed: u64 },
+    Random {
+        seed: u64,
+    },
     /// Per DW layer (in model order), per channel.
     Given(Vec<Vec<ChannelKey>>),
 }
@@ -185,9 +187,9 @@ impl DwPlan {
         let unit = |key| ChannelKey { key, a: 1.0, b: 0.0 };
         match &self.keys {
             KeyChoice::RoundRobin => (0..channels).map(|c| unit(kept[c % kept.len()])).collect(),
-            KeyChoice::Random { seed } => {
-                (0..channels).map(|c| unit(kept[SplitMix::for_item(*seed, layer as u64, c as u64).below(kept.len())])).collect()
-            }
+            KeyChoice::Random { seed } => (0..channels)
+                .map(|c| unit(kept[SplitMix::for_item(*seed, layer as u64, c as u64).below(kept.len())]))
+                .collect(),
             KeyChoice::Given(layers) => {
                 let given = layers.get(layer).unwrap_or_else(|| panic!("no key assignment for DW layer {layer}"));
                 assert_eq!(given.len(), channels, "DW layer {layer}: assignment has {} channels", given.len());
@@ -357,7 +359,17 @@ mod tests {
     use burn::tensor::TensorData;
 
     /// Direct cross-correlation, zero padding `k/2`, in f64.
-    fn naive_dw(x: &[f32], n: usize, c: usize, h: usize, w: usize, filt: &[f32], bias: &[f32], k: usize, s: usize) -> Vec<f64> {
+    fn naive_dw(
+        x: &[f32],
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        filt: &[f32],
+        bias: &[f32],
+        k: usize,
+        s: usize,
+    ) -> Vec<f64> {
         let p = (k / 2) as isize;
         let (oh, ow) = ((h + 2 * (k / 2) - k) / s + 1, (w + 2 * (k / 2) - k) / s + 1);
         let mut out = vec![0.0f64; n * c * oh * ow];
@@ -368,7 +380,8 @@ mod tests {
                         let mut acc = bias[ch] as f64;
                         for ky in 0..k {
                             for kx in 0..k {
-                                let (iy, ix) = ((oy * s) as isize + ky as isize - p, (ox * s) as isize + kx as isize - p);
+                                let (iy, ix) =
+                                    ((oy * s) as isize + ky as isize - p, (ox * s) as isize + kx as isize - p);
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
                                     let xv = x[((b * c + ch) * h + iy as usize) * w + ix as usize] as f64;
                                     acc += xv * filt[ch * k * k + ky * k + kx] as f64;
@@ -385,7 +398,16 @@ mod tests {
 
     /// d(sum(out * r))/dx, naively: every output tap scatters `r * filter` back.
     #[allow(clippy::too_many_arguments)]
-    fn naive_input_grad(r: &[f32], n: usize, c: usize, h: usize, w: usize, filt: &[f32], k: usize, s: usize) -> Vec<f64> {
+    fn naive_input_grad(
+        r: &[f32],
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        filt: &[f32],
+        k: usize,
+        s: usize,
+    ) -> Vec<f64> {
         let p = (k / 2) as isize;
         let (oh, ow) = ((h + 2 * (k / 2) - k) / s + 1, (w + 2 * (k / 2) - k) / s + 1);
         let mut g = vec![0.0f64; n * c * h * w];
@@ -396,7 +418,8 @@ mod tests {
                         let rv = r[((b * c + ch) * oh + oy) * ow + ox] as f64;
                         for ky in 0..k {
                             for kx in 0..k {
-                                let (iy, ix) = ((oy * s) as isize + ky as isize - p, (ox * s) as isize + kx as isize - p);
+                                let (iy, ix) =
+                                    ((oy * s) as isize + ky as isize - p, (ox * s) as isize + kx as isize - p);
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
                                     g[((b * c + ch) * h + iy as usize) * w + ix as usize] +=
                                         rv * filt[ch * k * k + ky * k + kx] as f64;
@@ -429,7 +452,8 @@ mod tests {
                     }
                     let filt = layer.filter_values();
                     let xs: Vec<f32> = (0..n * c * h * w).map(|_| rng.normal()).collect();
-                    let x = Tensor::<Ad, 4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &device).require_grad();
+                    let x =
+                        Tensor::<Ad, 4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &device).require_grad();
                     let out = layer.forward(x.clone());
                     let [_, _, oh, ow] = out.dims();
                     let expected = naive_dw(&xs, n, c, h, w, &filt, &to_vec(layer.bias.val()), k, s);

@@ -12,13 +12,21 @@ use burn::tensor::{Tensor, TensorData};
 use crate::rng::SplitMix;
 
 /// A trainable parameter holding `values`.
-pub fn param<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
+pub fn param<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
     Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
 }
 
 /// A parameter that never receives a gradient: recorded in checkpoints, but
 /// skipped by autodiff and therefore by the optimizer.
-pub fn frozen<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
+pub fn frozen<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
     Param::initialized(ParamId::new(), Tensor::from_data(TensorData::new(values, shape), device))
 }
 

@@ -5,6 +5,9 @@
 //! build offline). Models are generic over the backend; the CPU backend is
 //! the default and CUDA is the `cuda` cargo feature.
 
+/// The burn this crate is built on, for callers that name backends.
+pub use burn;
+
 pub mod checkpoint;
 pub mod data;
 pub mod dw;

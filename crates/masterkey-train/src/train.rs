@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, RunState};
 use crate::data::loader::{epoch_order, for_each_batch, Augment, Batch};
 use crate::data::{stratified_subset, DataSpec, Dataset, Split};
-use crate::dw::{key_usage, mean_filter_norm, snap_keys, AssignmentKind, ChannelKey, DwLayers, DwMode, DwPlan, KeyChoice};
+use crate::dw::{
+    key_usage, mean_filter_norm, snap_keys, AssignmentKind, ChannelKey, DwLayers, DwMode, DwPlan, KeyChoice,
+};
 use crate::models::{ModelSpec, Network};
 use crate::optim::{AdamWNoDecayOnVectors, Schedule};
 
@@ -77,7 +79,8 @@ impl TrainConfig {
                 return bad(format!("fit-and-freeze needs 0 < --freeze-after ({f}) < --epochs ({})", self.epochs));
             }
         }
-        if mode == DwMode::Frozen && assignment == AssignmentKind::FromCheckpoint && self.dw.source_checkpoint.is_none() {
+        if mode == DwMode::Frozen && assignment == AssignmentKind::FromCheckpoint && self.dw.source_checkpoint.is_none()
+        {
             return bad("the from-checkpoint assignment needs a source checkpoint (--source-checkpoint)".into());
         }
         Ok(())
@@ -244,7 +247,12 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 }
 
 /// Test loss (plain cross-entropy) and accuracy.
-pub fn evaluate<B: Backend>(model: &Network<B>, data: &Dataset, split: &Split, batch_size: usize) -> Result<(f64, f64)> {
+pub fn evaluate<B: Backend>(
+    model: &Network<B>,
+    data: &Dataset,
+    split: &Split,
+    batch_size: usize,
+) -> Result<(f64, f64)> {
     let device = Default::default();
     let order: Vec<usize> = (0..split.len()).collect();
     let (mut loss_sum, mut hits) = (0.0, 0usize);
@@ -291,13 +299,17 @@ pub fn train<B: AutodiffBackend>(
             ));
         }
         let plan = dw_plan(config, &bank, state.assignment.as_ref());
-        let model = checkpoint::load_model(&ckpt, Network::<B>::new(&config.model, &plan, config.seed, &device), &device)?;
+        let model =
+            checkpoint::load_model(&ckpt, Network::<B>::new(&config.model, &plan, config.seed, &device), &device)?;
         let optimizer = checkpoint::load_optimizer(&ckpt, new_optimizer(), &device)?;
         observer.note(&format!("resuming after epoch {} (step {})", state.epochs_done, state.step));
         (model, optimizer, state)
     } else {
         if ckpt.exists() {
-            return Err(Error::invalid(&ckpt, "already holds a checkpoint: pass --resume to continue it, or choose another output folder"));
+            return Err(Error::invalid(
+                &ckpt,
+                "already holds a checkpoint: pass --resume to continue it, or choose another output folder",
+            ));
         }
         let given = match (config.dw.mode, config.dw.assignment, &config.dw.source_checkpoint) {
             (DwMode::Frozen, AssignmentKind::FromCheckpoint, Some(source)) => {
@@ -442,7 +454,14 @@ mod tests {
         model.dims = vec![16];
         TrainConfig {
             model,
-            data: DataSpec { kind: DataKind::Idx, path: None, image_size: None, fraction: 1.0, subset_seed: 0, augment: false },
+            data: DataSpec {
+                kind: DataKind::Idx,
+                path: None,
+                image_size: None,
+                fraction: 1.0,
+                subset_seed: 0,
+                augment: false,
+            },
             dw: DwSettings {
                 mode,
                 bank: "published8".into(),
@@ -539,7 +558,10 @@ mod tests {
         let cut = tempfile::tempdir().unwrap();
         // 180 images in batches of 16: 12 steps per epoch; halt in epoch 3.
         let halt = RunOptions { resume: false, halt_after_steps: Some(2 * 12 + 5) };
-        assert!(matches!(train::<Ad>(&config, &data, cut.path(), &halt, &mut Quiet).unwrap(), Outcome::Halted { step: 29 }));
+        assert!(matches!(
+            train::<Ad>(&config, &data, cut.path(), &halt, &mut Quiet).unwrap(),
+            Outcome::Halted { step: 29 }
+        ));
         let state = checkpoint::load_state(&cut.path().join(CHECKPOINT_DIR)).unwrap();
         assert_eq!((state.epochs_done, state.step), (2, 24));
         let err = train::<Ad>(&config, &data, cut.path(), &RunOptions::default(), &mut Quiet).err().unwrap();

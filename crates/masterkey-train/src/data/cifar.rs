@@ -50,7 +50,8 @@ pub fn load_split(dir: &Path, classes: usize, train: bool) -> Result<ImageSet> {
     if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
         return Err(Error::invalid(root.join(&files[0]), format!("label {bad} out of range for {classes} classes")));
     }
-    ImageSet::new(&format!("cifar{classes}"), images, labels, [3, 32, 32], classes).map_err(|m| Error::invalid(&root, m))
+    ImageSet::new(&format!("cifar{classes}"), images, labels, [3, 32, 32], classes)
+        .map_err(|m| Error::invalid(&root, m))
 }
 
 #[cfg(test)]

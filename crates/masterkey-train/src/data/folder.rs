@@ -46,9 +46,10 @@ impl FolderSet {
         let (mut files, mut labels) = (Vec::new(), Vec::new());
         for dir in &found {
             let name = dir.file_name().unwrap().to_string_lossy();
-            let label = class_names.iter().position(|c| *c == name).ok_or_else(|| {
-                Error::invalid(dir, "class folder not present in the training split".to_string())
-            })?;
+            let label = class_names
+                .iter()
+                .position(|c| *c == name)
+                .ok_or_else(|| Error::invalid(dir, "class folder not present in the training split".to_string()))?;
             for file in sorted_entries(dir)?.into_iter().filter(|p| is_image(p)) {
                 files.push(file);
                 labels.push(label as u16);
@@ -80,7 +81,12 @@ impl FolderSet {
         let out = match rng {
             Some(rng) => {
                 let (x, y, cw, ch) = random_resized_crop(w, h, rng);
-                let mut out = imageops::resize(&imageops::crop_imm(&img, x, y, cw, ch).to_image(), size as u32, size as u32, FilterType::Triangle);
+                let mut out = imageops::resize(
+                    &imageops::crop_imm(&img, x, y, cw, ch).to_image(),
+                    size as u32,
+                    size as u32,
+                    FilterType::Triangle,
+                );
                 if rng.uniform() < 0.5 {
                     imageops::flip_horizontal_in_place(&mut out);
                 }

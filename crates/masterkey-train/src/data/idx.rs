@@ -81,8 +81,14 @@ pub fn load_split(dir: &Path, prefix: &str, name: &str) -> Result<ImageSet> {
         ));
     }
     let classes = labels.data.iter().copied().max().map_or(0, |m| m as usize + 1);
-    ImageSet::new(name, images.data, labels.data.into_iter().map(u16::from).collect(), [1, images.dims[1], images.dims[2]], classes)
-        .map_err(|m| Error::invalid(&images_path, m))
+    ImageSet::new(
+        name,
+        images.data,
+        labels.data.into_iter().map(u16::from).collect(),
+        [1, images.dims[1], images.dims[2]],
+        classes,
+    )
+    .map_err(|m| Error::invalid(&images_path, m))
 }
 
 /// Writes an IDX file of unsigned bytes (used to build test fixtures and

@@ -92,7 +92,8 @@ mod tests {
     use crate::data::{ImageSet, Normalisation};
 
     fn tiny() -> Dataset {
-        let set = ImageSet::new("t", (0..10 * 16).map(|v| v as u8).collect(), (0..10).collect(), [1, 4, 4], 10).unwrap();
+        let set =
+            ImageSet::new("t", (0..10 * 16).map(|v| v as u8).collect(), (0..10).collect(), [1, 4, 4], 10).unwrap();
         Dataset {
             name: "t".into(),
             classes: 10,
@@ -124,7 +125,10 @@ mod tests {
         // Unaugmented, normalised with std 1/255: pixels come back as bytes.
         assert_eq!(plain[0].1[0], (order[0] * 16) as f32);
         let augment = Some(Augment { seed: 1, epoch: 0 });
-        assert_eq!(collect(augment).iter().map(|b| &b.1).collect::<Vec<_>>(), collect(augment).iter().map(|b| &b.1).collect::<Vec<_>>());
+        assert_eq!(
+            collect(augment).iter().map(|b| &b.1).collect::<Vec<_>>(),
+            collect(augment).iter().map(|b| &b.1).collect::<Vec<_>>()
+        );
         assert_ne!(collect(augment)[0].1, plain[0].1);
         // Stopping early ends the producer too.
         let mut calls = 0;

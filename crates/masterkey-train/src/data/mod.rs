@@ -28,7 +28,13 @@ pub struct ImageSet {
 }
 
 impl ImageSet {
-    pub fn new(name: &str, pixels: Vec<u8>, labels: Vec<u16>, shape: [usize; 3], classes: usize) -> Result<Self, String> {
+    pub fn new(
+        name: &str,
+        pixels: Vec<u8>,
+        labels: Vec<u16>,
+        shape: [usize; 3],
+        classes: usize,
+    ) -> Result<Self, String> {
         let per = shape.iter().product::<usize>();
         if labels.is_empty() || pixels.len() != labels.len() * per {
             return Err(format!("expected {} labels x {per} bytes, found {} bytes", labels.len(), pixels.len()));
@@ -158,7 +164,9 @@ impl Dataset {
     /// (fetched and verified by the caller).
     pub fn load(spec: &DataSpec, fashion_mnist_dir: impl FnOnce() -> Result<PathBuf>) -> Result<Self> {
         let need_path = || {
-            spec.path.clone().ok_or_else(|| Error::Other(format!("dataset `{}` needs a data folder (--data)", spec.kind)))
+            spec.path
+                .clone()
+                .ok_or_else(|| Error::Other(format!("dataset `{}` needs a data folder (--data)", spec.kind)))
         };
         let memory = |name: String, train: ImageSet, test: ImageSet| -> Result<Dataset> {
             if let Some(size) = spec.image_size {
@@ -170,7 +178,10 @@ impl Dataset {
                 }
             }
             if test.shape != train.shape {
-                return Err(Error::Other(format!("{name}: test images {:?} differ from train {:?}", test.shape, train.shape)));
+                return Err(Error::Other(format!(
+                    "{name}: test images {:?} differ from train {:?}",
+                    test.shape, train.shape
+                )));
             }
             let classes = train.classes.max(test.classes);
             Ok(Dataset {
@@ -191,7 +202,11 @@ impl Dataset {
             DataKind::Cifar10 | DataKind::Cifar100 => {
                 let dir = need_path()?;
                 let classes = if spec.kind == DataKind::Cifar10 { 10 } else { 100 };
-                memory(spec.kind.to_string(), cifar::load_split(&dir, classes, true)?, cifar::load_split(&dir, classes, false)?)
+                memory(
+                    spec.kind.to_string(),
+                    cifar::load_split(&dir, classes, true)?,
+                    cifar::load_split(&dir, classes, false)?,
+                )
             }
             DataKind::Folder => {
                 let dir = need_path()?;
@@ -241,7 +256,8 @@ fn padded_crop_and_flip(src: &[u8], [c, h, w]: [usize; 3], rng: &mut SplitMix, o
                 let cx = if flip { w - 1 - x } else { x };
                 let (sy, sx) = (y as isize + oy, cx as isize + ox);
                 let inside = sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w;
-                out[(ch * h + y) * w + x] = if inside { src[(ch * h + sy as usize) * w + sx as usize] as f32 } else { 0.0 };
+                out[(ch * h + y) * w + x] =
+                    if inside { src[(ch * h + sy as usize) * w + sx as usize] as f32 } else { 0.0 };
             }
         }
     }

@@ -152,7 +152,9 @@ mod tests {
     fn presets_have_the_official_parameter_counts() {
         let device = Default::default();
         let plan = DwPlan::trainable(Bank::published8());
-        let count = |name| Network::<Cpu>::new(&ModelSpec::named(name, 3, 1000, false).unwrap(), &plan, 0, &device).num_params();
+        let count = |name| {
+            Network::<Cpu>::new(&ModelSpec::named(name, 3, 1000, false).unwrap(), &plan, 0, &device).num_params()
+        };
         // timm: convnext_atto 3.70M, convnextv2_atto 3.71M.
         for (name, millions) in [("convnext-atto", 3.70), ("convnextv2-atto", 3.71)] {
             let m = count(name) as f64 / 1e6;
@@ -170,7 +172,9 @@ mod tests {
         let device = Default::default();
         for mode in [DwMode::Trainable, DwMode::Frozen, DwMode::RandomFrozen] {
             let plan = DwPlan { mode, ..DwPlan::trainable(Bank::published8()) };
-            for (name, small, size) in [("convnextv2-atto", true, 28), ("mobilenetv2", true, 32), ("convnext-atto", false, 64)] {
+            for (name, small, size) in
+                [("convnextv2-atto", true, 28), ("mobilenetv2", true, 32), ("convnext-atto", false, 64)]
+            {
                 let mut spec = ModelSpec::named(name, 1, 10, small).unwrap();
                 if spec.arch == Arch::MobileNetV2 {
                     spec.width_mult = 0.35;
