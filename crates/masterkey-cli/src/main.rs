@@ -46,6 +46,9 @@ enum Command {
     Train(Box<train_cmd::TrainArgs>),
     /// Evaluate a training checkpoint on its test set.
     Eval(train_cmd::EvalArgs),
+    /// Experiments of the master-key papers, run end to end.
+    #[command(subcommand)]
+    Experiment(train_cmd::ExperimentCommand),
 }
 
 /// Options shared by commands that read filters.
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Train(args) => train_cmd::run_train(*args),
         Command::Eval(args) => train_cmd::run_eval(args),
+        Command::Experiment(cmd) => train_cmd::run_experiment(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,5 @@
-//! `masterkey train` and `masterkey eval`: thin wrappers over masterkey-train.
+//! `masterkey train`, `masterkey eval` and `masterkey experiment`: thin
+//! wrappers over masterkey-train.
 
 use std::path::{Path, PathBuf};
 
@@ -6,6 +7,7 @@ use anyhow::{bail, Result};
 use indicatif::ProgressBar;
 use masterkey_train::data::{fashion_mnist_files, DataKind, DataSpec, Dataset};
 use masterkey_train::dw::{AssignmentKind, DwMode};
+use masterkey_train::experiment::{self, all_arms, Arm};
 use masterkey_train::models::ModelSpec;
 use masterkey_train::train::{
     evaluate, load_trained, train, DwSettings, EpochMetrics, Observer, Outcome, RunOptions, StepReport, Summary,
@@ -361,5 +363,65 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         out.test_images,
         out.dataset
     );
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum ExperimentCommand {
+    /// Every DW mode (and frozen assignment) with the same budget and seeds at several training-set shares.
+    SmallData(Box<SmallDataArgs>),
+}
+
+#[derive(clap::Args)]
+pub struct SmallDataArgs {
+    /// Training settings shared by every run; --dw-mode, --assignment, --fraction, --seed and
+    /// --output are set per run by the experiment.
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Shares of the training set.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.1, 1.0])]
+    fractions: Vec<f64>,
+    #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
+    seeds: Vec<u64>,
+    /// Arms to run, as labelled in the results (default: all seven).
+    #[arg(long, value_delimiter = ',')]
+    arms: Option<Vec<String>>,
+    /// Results folder: results.md, results.json, curves-<fraction>.svg, runs/.
+    #[arg(long, default_value = "results/small-data")]
+    results: PathBuf,
+}
+
+pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
+    let ExperimentCommand::SmallData(args) = cmd;
+    let data = Dataset::load(&args.train.data_spec(), fashion_mnist)?;
+    let template = args.train.config(&data)?;
+    let all = all_arms();
+    let arms: Vec<Arm> = match &args.arms {
+        None => all,
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                all.iter().copied().find(|a| a.label() == *n).ok_or_else(|| {
+                    let known: Vec<String> = all.iter().map(Arm::label).collect();
+                    anyhow::anyhow!("unknown arm `{n}`; known: {}", known.join(", "))
+                })
+            })
+            .collect::<Result<_>>()?,
+    };
+    let report = experiment::run_experiment::<masterkey_train::TrainBackend>(
+        &template,
+        &data,
+        &arms,
+        &args.fractions,
+        &args.seeds,
+        &args.results,
+        &mut Bars { bar: None },
+    )?;
+    experiment::write_report(&report, &args.results)?;
+    if args.train.json {
+        return print_json(&report);
+    }
+    println!("{}", experiment::markdown(&report));
+    println!("written: {}", args.results.join("results.md").display());
     Ok(())
 }

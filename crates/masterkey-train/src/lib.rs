@@ -11,6 +11,7 @@ pub use burn;
 pub mod checkpoint;
 pub mod data;
 pub mod dw;
+pub mod experiment;
 pub mod layers;
 pub mod models;
 pub mod optim;

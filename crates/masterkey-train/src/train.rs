@@ -444,56 +444,8 @@ pub fn load_trained<B: Backend>(dir: &Path) -> Result<(Network<B>, RunState)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{synthetic, DataKind, Normalisation};
-    use crate::testing::Ad;
+    use crate::testing::{tiny_config, tiny_data, Ad};
     use burn::module::{Module, ModuleVisitor, Param};
-
-    fn tiny_config(mode: DwMode, assignment: AssignmentKind) -> TrainConfig {
-        let mut model = ModelSpec::named("reference", 1, synthetic::CLASSES, true).unwrap();
-        model.depths = vec![1];
-        model.dims = vec![16];
-        TrainConfig {
-            model,
-            data: DataSpec {
-                kind: DataKind::Idx,
-                path: None,
-                image_size: None,
-                fraction: 1.0,
-                subset_seed: 0,
-                augment: false,
-            },
-            dw: DwSettings {
-                mode,
-                bank: "published8".into(),
-                assignment,
-                learn_scale: false,
-                init_norm: None,
-                freeze_after: 1,
-                source_checkpoint: None,
-            },
-            epochs: 6,
-            batch_size: 16,
-            lr: 1e-2,
-            min_lr: 1e-4,
-            weight_decay: 0.05,
-            warmup_epochs: 0.5,
-            label_smoothing: 0.1,
-            seed: 7,
-        }
-    }
-
-    fn tiny_data(train: usize) -> Dataset {
-        let train = synthetic::make(train, 16, 1);
-        let test = synthetic::make(180, 16, 2);
-        Dataset {
-            name: "synthetic".into(),
-            classes: synthetic::CLASSES,
-            shape: train.shape,
-            normalisation: Normalisation::of(&train),
-            train: Split::Memory(train),
-            test: Split::Memory(test),
-        }
-    }
 
     /// Every float parameter's values, in module order.
     struct Values(Vec<Vec<f32>>);
