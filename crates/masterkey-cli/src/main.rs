@@ -11,6 +11,7 @@ mod pictures;
 mod report_cmd;
 mod scalespace_cmd;
 mod search_cmd;
+mod train_cmd;
 mod ui;
 
 use std::process::ExitCode;
@@ -54,6 +55,13 @@ enum Command {
     Search(search_cmd::Args),
     /// Match the keys of two banks one to one (sign free, optionally up to rotations and flips).
     Compare(compare_cmd::Args),
+    /// Train a network whose depthwise filters are trainable, frozen to a bank, bank-initialised or random-frozen.
+    Train(Box<train_cmd::TrainArgs>),
+    /// Evaluate a training checkpoint on its test set.
+    Eval(train_cmd::EvalArgs),
+    /// Experiments of the master-key papers, run end to end.
+    #[command(subcommand)]
+    Experiment(train_cmd::ExperimentCommand),
 }
 
 /// Options shared by commands that read filters.
@@ -77,6 +85,9 @@ fn main() -> ExitCode {
         Command::Scalespace(cmd) => scalespace_cmd::run(cmd),
         Command::Search(args) => search_cmd::run(args),
         Command::Compare(args) => compare_cmd::run(args),
+        Command::Train(args) => train_cmd::run_train(*args),
+        Command::Eval(args) => train_cmd::run_eval(args),
+        Command::Experiment(cmd) => train_cmd::run_experiment(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
