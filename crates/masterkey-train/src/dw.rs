@@ -359,6 +359,7 @@ mod tests {
     use burn::tensor::TensorData;
 
     /// Direct cross-correlation, zero padding `k/2`, in f64.
+    #[allow(clippy::too_many_arguments)]
     fn naive_dw(
         x: &[f32],
         n: usize,

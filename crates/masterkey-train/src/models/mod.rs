@@ -93,7 +93,9 @@ impl ModelSpec {
     }
 }
 
-/// Any of the networks.
+/// Any of the networks. Variants differ in size, but a network is built
+/// once per run and moved, never stored in bulk, so boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Network<B: Backend> {
     ConvNext(ConvNext<B>),
