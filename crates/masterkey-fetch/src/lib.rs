@@ -41,6 +41,21 @@ const RAPIDOCR_WHEEL: (&str, &str, &str, &str) = (
     "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
 );
 
+/// Wheels with native code are per platform: these are the CPython 3.11
+/// manylinux x86-64 builds; only their data files are used.
+const SCIKIT_IMAGE_WHEEL: (&str, &str, &str, &str) = (
+    "scikit-image",
+    "0.26.0",
+    "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+    "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
+);
+const SCIKIT_LEARN_WHEEL: (&str, &str, &str, &str) = (
+    "scikit-learn",
+    "1.9.1",
+    "scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+    "52a0703bbc07ad27f560fa63fa68e4c54dd735bfbbf65b4dd3c225dc7547b6df",
+);
+
 const fn member(
     id: &'static str,
     description: &'static str,
@@ -91,6 +106,93 @@ pub const DEFAULT_MODELS: &[WheelMember] = &[
         "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
     ),
 ];
+
+/// Natural colour photos shipped as sample data by scikit-image and
+/// scikit-learn, used to run and probe classifiers.
+pub const PHOTOS: &[WheelMember] = &[
+    member(
+        "astronaut",
+        "astronaut Eileen Collins (NASA)",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/astronaut.png",
+        "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+    ),
+    member(
+        "chelsea",
+        "Chelsea the cat",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/chelsea.png",
+        "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
+    ),
+    member(
+        "coffee",
+        "a cup of coffee",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/coffee.png",
+        "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
+    ),
+    member(
+        "rocket",
+        "a rocket on its launch pad (NASA)",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/rocket.jpg",
+        "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c",
+    ),
+    member(
+        "motorcycle_left",
+        "a motorcycle, left stereo view",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/motorcycle_left.png",
+        "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179",
+    ),
+    member(
+        "motorcycle_right",
+        "a motorcycle, right stereo view",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/motorcycle_right.png",
+        "5fc913ae870e42a4b662314bc904d1786bcad8e2f0b9b67dba5a229406357797",
+    ),
+    member(
+        "hubble_deep_field",
+        "Hubble deep field (NASA)",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/hubble_deep_field.jpg",
+        "3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4",
+    ),
+    member(
+        "ihc",
+        "immunohistochemistry stain",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/ihc.png",
+        "f8dd1aa387ddd1f49d8ad13b50921b237df8e9b262606d258770687b0ef93cef",
+    ),
+    member(
+        "retina",
+        "human retina",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/retina.jpg",
+        "38a07f36f27f095e818aea7b96d34202c05176d30253c66733f2e00379e9e0e6",
+    ),
+    member(
+        "china",
+        "a Chinese temple (CC BY 2.0, danielbuechele)",
+        SCIKIT_LEARN_WHEEL,
+        "sklearn/datasets/images/china.jpg",
+        "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29",
+    ),
+    member(
+        "flower",
+        "a flower (CC BY 2.0, vultilion)",
+        SCIKIT_LEARN_WHEEL,
+        "sklearn/datasets/images/flower.jpg",
+        "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638",
+    ),
+];
+
+/// Looks a shipped photo up by its id.
+pub fn photo(id: &str) -> Option<&'static WheelMember> {
+    PHOTOS.iter().find(|m| m.id == id)
+}
 
 /// Looks a default model up by its id.
 pub fn model(id: &str) -> Option<&'static WheelMember> {
@@ -241,12 +343,12 @@ mod tests {
     }
 
     #[test]
-    fn default_models_have_distinct_ids_and_pinned_hashes() {
-        for m in DEFAULT_MODELS {
+    fn default_models_and_photos_have_distinct_ids_and_pinned_hashes() {
+        for m in DEFAULT_MODELS.iter().chain(PHOTOS) {
             assert_eq!(m.wheel_sha256.len(), 64);
             assert_eq!(m.member_sha256.len(), 64);
             assert!(m.member.ends_with(cached_path(m).file_name().unwrap().to_str().unwrap()));
-            assert_eq!(DEFAULT_MODELS.iter().filter(|o| o.id == m.id).count(), 1);
+            assert_eq!(DEFAULT_MODELS.iter().chain(PHOTOS).filter(|o| o.id == m.id).count(), 1);
         }
     }
 }
