@@ -19,6 +19,7 @@ mod torch;
 use std::path::Path;
 
 pub use detect::{detect, Format};
+pub use named::dw_shape;
 use masterkey_core::{ModelFilters, Result};
 
 /// Reads every depthwise layer of the model at `path`.
