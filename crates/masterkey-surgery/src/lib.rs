@@ -8,10 +8,14 @@
 
 pub mod efficientnet_lite0;
 pub mod images;
+pub mod probe;
 pub mod random;
+pub mod replace;
 pub mod state_dict;
 
 pub use efficientnet_lite0::EfficientNetLite0;
+pub use probe::{probe_agreement, Agreement, ImageSet, Probe};
+pub use replace::{replace_model, LayerFit};
 pub use state_dict::StateDict;
 
 /// The CPU backend every command runs on (burn `flex`).
