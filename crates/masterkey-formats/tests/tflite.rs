@@ -1,12 +1,14 @@
 //! The TFLite reader, on fixtures built here field by field with
 //! `FlatBufferBuilder` (field ids from `tensorflow/lite/schema/schema.fbs`,
-//! written independently of the reader's). No real TFLite model is available.
-
-use std::path::{Path, PathBuf};
+//! written independently of the reader's), and on real MediaPipe models
+//! fetched from their pinned PyPI wheel.
 
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use masterkey_core::{KernelSize, ModelFilters};
 use masterkey_formats::read_model;
+
+mod common;
+use common::{asymmetric, check_real_model, RealModel};
 
 const CONV_2D: i32 = 3;
 const DEPTHWISE_CONV_2D: i32 = 4;
@@ -195,19 +197,6 @@ fn opcode_table<'f>(fbb: &mut FlatBufferBuilder<'f>, builtin: i32) -> WIPOffset<
     fbb.end_table(start)
 }
 
-/// Filters `[c][r][col]` with value `100*c + 10*r + col`.
-fn asymmetric(channels: usize, kh: usize, kw: usize) -> Vec<f32> {
-    let mut out = Vec::new();
-    for c in 0..channels {
-        for r in 0..kh {
-            for col in 0..kw {
-                out.push((100 * c + 10 * r + col) as f32);
-            }
-        }
-    }
-    out
-}
-
 /// `[c][r][col]` filters to TFLite's `[1, kh, kw, C]`.
 fn to_1hwc<T: Copy>(filters: &[T], channels: usize, kh: usize, kw: usize) -> Vec<T> {
     let mut out = Vec::new();
@@ -242,26 +231,6 @@ fn single_dw(filter: TensorSpec, data: Data) -> ModelSpec {
 fn asymmetric_f32_model() -> ModelSpec {
     let data = f32_bytes(&to_1hwc(&asymmetric(2, 3, 5), 2, 3, 5));
     single_dw(tensor("dw/filter", &[1, 3, 5, 2], FLOAT32, 1), Data::Inline(data))
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-fn read(bytes: &[u8]) -> ModelFilters {
-    let dir = tempfile::tempdir().unwrap();
-    read_model(&write(dir.path(), "model.tflite", bytes)).unwrap()
-}
-
-/// The error for `bytes`, checked to name the file.
-fn read_error(bytes: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "broken-model.tflite", bytes);
-    let message = read_model(&path).expect_err("expected an error").to_string();
-    assert!(message.contains("broken-model.tflite"), "error does not name the file: {message}");
-    message
 }
 
 #[test]
@@ -382,7 +351,7 @@ fn any_single_corrupt_byte_gives_a_result_not_a_panic() {
             let mut corrupt = bytes.clone();
             corrupt[i] ^= mask;
             // Either outcome is fine; reaching the next byte means no panic.
-            let _ = read_model(&write(dir.path(), "flipped.tflite", &corrupt));
+            let _ = read_model(&common::write(dir.path(), "flipped.tflite", &corrupt));
         }
     }
 }
@@ -423,4 +392,78 @@ fn nan_weight_is_an_error() {
 fn dw_filter_without_data_or_dequantize_is_an_error() {
     let message = read_error(&single_dw(tensor("dw/filter", &[1, 3, 5, 2], FLOAT32, 0), Data::Empty).file());
     assert!(message.contains("holds no data"), "{message}");
+}
+
+/// Real MediaPipe models: two keep fp16 filters behind DEQUANTIZE, one keeps
+/// float32 filters in their own buffers. The expected numbers come from a
+/// standard-library Python reading of the flatbuffers (TFLite schema field
+/// ids, DW filter = input 1 of each DEPTHWISE_CONV_2D, traced back through
+/// DEQUANTIZE), not from this reader.
+#[test]
+fn real_mediapipe_models() {
+    check_real_model(&RealModel {
+        id: "blazeface-tflite",
+        format: "tflite",
+        layers: 16,
+        filters_per_kernel: &[("3x3", 978)],
+        first_layer: "depthwise_conv2d/Kernel_dequantize",
+        last_layer: "depthwise_conv2d_15/Kernel_dequantize",
+        first_filter: &[
+            -0.208862305,
+            -0.831054688,
+            -1.00683594,
+            -0.227050781,
+            -0.479736328,
+            -0.793945312,
+            0.548339844,
+            0.321044922,
+            -0.712890625,
+        ],
+    });
+    check_real_model(&RealModel {
+        id: "selfie-segmentation-tflite",
+        format: "tflite",
+        layers: 11,
+        filters_per_kernel: &[("3x3", 232), ("5x5", 544)],
+        first_layer: "depthwise_conv2d/Kernel_dequantize",
+        last_layer: "depthwise_conv2d_10/Kernel_dequantize",
+        first_filter: &[
+            -0.0259399414,
+            -0.0297851562,
+            -0.0144119263,
+            -0.0289916992,
+            -0.0422363281,
+            -0.0236053467,
+            -0.0122070312,
+            -0.0209960938,
+            -0.0137634277,
+        ],
+    });
+    check_real_model(&RealModel {
+        id: "iris-landmark-tflite",
+        format: "tflite",
+        layers: 26,
+        filters_per_kernel: &[("3x3", 1536)],
+        first_layer: "depthwise_conv2d/Kernel",
+        last_layer: "depthwise_conv2d_25/Kernel",
+        first_filter: &[
+            -0.225660652,
+            0.491569728,
+            -0.307952523,
+            -1.17396533,
+            0.274591535,
+            -0.286732078,
+            -0.785027802,
+            -0.641765296,
+            -0.584837258,
+        ],
+    });
+}
+
+fn read(bytes: &[u8]) -> ModelFilters {
+    common::read_as("model.tflite", bytes)
+}
+
+fn read_error(bytes: &[u8]) -> String {
+    common::read_error_as("broken-model.tflite", bytes)
 }

@@ -11,6 +11,7 @@
 //! | `bank_*.png` | `demo`, `bank show -o` | Banks |
 //! | `fit/fit.json`, `fit/fits.csv` | `demo`, `fit -o DIR` | How the bank explains the filters |
 //! | `samples_*.png` | `demo` | How the bank explains the filters |
+//! | `scalespace/fit.json`, `scalespace/keys_vs_models.png` | `demo`, `scalespace fit -o DIR` | Scale-space models of the keys |
 
 mod charts;
 mod html;

@@ -22,6 +22,7 @@ pub fn collect(dir: &Path) -> Result<Vec<Section>> {
     sections.extend(models(dir)?);
     sections.extend(banks(dir)?);
     sections.extend(fit(dir)?);
+    sections.extend(scalespace(dir)?);
     Ok(sections)
 }
 
@@ -144,6 +145,10 @@ fn stats_rows(record: &FitRecord) -> (Vec<String>, Vec<Vec<String>>) {
     rows.extend(report.per_kernel.iter().map(|(k, s)| row(format!("kernel {k}"), s)));
     rows.extend(report.per_model.iter().map(|(m, s)| row(short(m), s)));
     rows.extend(report.per_depth_band.iter().map(|(b, s)| row(format!("depth {b}"), s)));
+    if let Some(control) = &record.random_control {
+        rows.push(row(format!("control: {}", control.bank), &control.overall));
+        rows.extend(control.per_kernel.iter().map(|(k, s)| row(format!("control: {} at {k}", control.bank), s)));
+    }
     (header, rows)
 }
 
@@ -217,6 +222,15 @@ fn fit(dir: &Path) -> Result<Option<Section>> {
     );
     let (header, rows) = stats_rows(&record);
     body.push_str(&table(&header, &rows));
+    if let Some(control) = &record.random_control {
+        body.push_str(&format!(
+            "<p>Control rows: the same filters fitted to {} random normal keys of {} (seed {}), the coverage that \
+             chance alone gives.</p>",
+            control.overall.usage.len(),
+            escape(&report.bank_kernel),
+            control.seed
+        ));
+    }
 
     let mut usage_header = vec!["key".to_string(), "all".into()];
     usage_header.extend(report.per_model.keys().map(|m| short(m)));
@@ -268,4 +282,79 @@ fn fit(dir: &Path) -> Result<Option<Section>> {
         ));
     }
     Ok(Some(Section { id: "fit".into(), title: "How the bank explains the filters".into(), body }))
+}
+
+#[derive(Deserialize)]
+struct ScaleParams {
+    sigma_x: f64,
+    sigma_y: f64,
+    alpha: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct ScaleModel {
+    family: String,
+    abs_cos: f64,
+}
+
+#[derive(Deserialize)]
+struct ScaleKey {
+    label: String,
+    family: String,
+    discretisation: String,
+    params: ScaleParams,
+    abs_cos: f64,
+    l1_residual: f64,
+    runner_up: Option<ScaleModel>,
+}
+
+/// `scalespace/fit.json` as `masterkey scalespace fit -o` writes it.
+#[derive(Deserialize)]
+struct ScaleFit {
+    bank: String,
+    kernel: String,
+    criterion: String,
+    normalisation: String,
+    keys: Vec<ScaleKey>,
+}
+
+fn scalespace(dir: &Path) -> Result<Option<Section>> {
+    let ss_dir = dir.join("scalespace");
+    let Some(fit): Option<ScaleFit> = read_json(&ss_dir.join("fit.json"))? else { return Ok(None) };
+    let header =
+        ["key", "family", "discretisation", "sigma_x", "sigma_y", "alpha", "|cos|", "L1 residual", "runner-up"]
+            .map(String::from);
+    let rows: Vec<Vec<String>> = fit
+        .keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.label.clone(),
+                k.family.clone(),
+                k.discretisation.clone(),
+                format!("{:.3}", k.params.sigma_x),
+                format!("{:.3}", k.params.sigma_y),
+                k.params.alpha.map(|a| format!("{a:.3}")).unwrap_or_default(),
+                format!("{:.4}", k.abs_cos),
+                format!("{:.4}", k.l1_residual),
+                k.runner_up.as_ref().map(|r| format!("{} ({:.3})", r.family, r.abs_cos)).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let settings = format!("bank `{}` ({}), criterion {}; {}", fit.bank, fit.kernel, fit.criterion, fit.normalisation);
+    let mut body = format!(
+        "<p>Each key fitted to its best scale-space model (Gaussian, Gaussian derivatives, offset differences, \
+         Laplacian and the DoG-like form delta - alpha Lap5 T; discrete, sampled or pixel-integrated Gaussian). \
+         Sigmas in pixels, x rightwards, y downwards. Settings: {}.</p>",
+        escape(&settings)
+    );
+    body.push_str(&table(&header, &rows));
+    let picture = ss_dir.join("keys_vs_models.png");
+    if picture.is_file() {
+        body.push_str(&figure(
+            &embedded_png(&picture, "keys and their models")?,
+            &format!("Top row: the keys of `{}`; bottom row: each key's best model, normalised, with the fit's sign; one colour scale. {settings}.", fit.bank),
+        ));
+    }
+    Ok(Some(Section { id: "scalespace".into(), title: "Scale-space models of the keys".into(), body }))
 }

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use base64::Engine;
-use masterkey_core::fit::{save_fits_csv, FitRecord};
+use masterkey_core::fit::{save_fits_csv, FitRecord, RandomControl};
 use masterkey_core::{fit_set, Bank, DwLayer, FilterSet, FitOptions, KernelSize, ModelFilters};
 use masterkey_render::FilterGrid;
 
@@ -41,6 +41,7 @@ fn results_folder(dir: &Path) -> FitRecord {
     let record = FitRecord {
         inputs: vec!["/models/keyed.safetensors".into(), "/models/noise.onnx".into()],
         dead_tolerance: set.dead_tolerance,
+        random_control: Some(RandomControl::compute(&set, &bank, &FitOptions::default(), 5)),
         report,
     };
     fs::create_dir_all(dir.join("fit")).unwrap();
@@ -53,6 +54,9 @@ fn results_folder(dir: &Path) -> FitRecord {
     fs::write(dir.join("models.json"), models.to_string()).unwrap();
     let keys: Vec<&[f32]> = (0..8).map(|i| bank.key(i)).collect();
     FilterGrid { kernel: bank.kernel, filters: keys, columns: 8 }.save_png(&dir.join("bank_published8.png")).unwrap();
+    let scale_fit = masterkey_scalespace::fit_bank(&bank, &masterkey_scalespace::FitOptions::default()).unwrap();
+    fs::create_dir_all(dir.join("scalespace")).unwrap();
+    fs::write(dir.join("scalespace/fit.json"), serde_json::to_vec(&scale_fit).unwrap()).unwrap();
     record
 }
 
@@ -62,7 +66,10 @@ fn report_has_its_sections_images_and_numbers() {
     let record = results_folder(dir.path());
     let out = dir.path().join("report.html");
     let report = masterkey_report::write(dir.path(), &out).unwrap();
-    assert_eq!(report.sections, vec!["Models and filters", "Banks", "How the bank explains the filters"]);
+    assert_eq!(
+        report.sections,
+        vec!["Models and filters", "Banks", "How the bank explains the filters", "Scale-space models of the keys"]
+    );
     let html = fs::read_to_string(&out).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
     for outside in ["<script", "<link", "src=\"http", "href=\"http", "url("] {
@@ -89,6 +96,13 @@ fn report_has_its_sections_images_and_numbers() {
     assert!(html.contains(&format!("<td class=\"num\">{:.3}</td>", overall.mean_abs_cos)));
     assert!(html.contains("keyed.safetensors") && html.contains("noise.onnx") && html.contains("centre-crop"));
     assert!(html.contains("CC BY 4.0"));
+    let control = record.random_control.as_ref().unwrap();
+    assert!(html.contains("<td>control: random8-seed5</td>"));
+    assert!(html.contains(&format!("<td class=\"num\">{:.3}</td>", control.overall.mean_abs_cos)));
+    // The scale-space table names each key's family.
+    for family in ["offset-down", "sharpen", "gauss"] {
+        assert!(html.contains(&format!("<td>{family}</td>")), "{family}");
+    }
 }
 
 #[test]

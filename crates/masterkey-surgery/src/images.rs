@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use image::imageops::{self, FilterType};
 use image::RgbImage;
 use masterkey_core::{Error, Result};
+use rand::Rng;
 
 use crate::efficientnet_lite0::INPUT_SIZE;
-use crate::random::SplitMix64;
 
 /// Shorter side after the first resize of the evaluation transform.
 pub const RESIZE_SHORTER: u32 = 256;
@@ -48,20 +48,20 @@ pub fn eval_input(image: &RgbImage) -> Input {
 /// A random crop of 25% to 100% of the image's area with an aspect ratio
 /// between 3:4 and 4:3 (log-uniform), resized to 224 x 224 and mirrored
 /// with probability 1/2: varied views of a few photos for a label-free probe.
-pub fn random_view(image: &RgbImage, rng: &mut SplitMix64) -> Input {
+pub fn random_view(image: &RgbImage, rng: &mut impl Rng) -> Input {
     let (w, h) = image.dimensions();
     let area = w as f64 * h as f64;
-    let (ratio_low, ratio_high) = ((3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln());
+    let log_ratios = (3.0f64 / 4.0).ln()..(4.0f64 / 3.0).ln();
     // Draws that do not fit are redrawn; a square of the shorter side is the fallback.
     let mut crop = None;
     for _ in 0..10 {
-        let target = area * rng.uniform_in(0.25, 1.0);
-        let ratio = rng.uniform_in(ratio_low, ratio_high).exp();
+        let target = area * rng.random_range(0.25..1.0);
+        let ratio = rng.random_range(log_ratios.clone()).exp();
         let cw = (target * ratio).sqrt().round() as u32;
         let ch = (target / ratio).sqrt().round() as u32;
         if (1..=w).contains(&cw) && (1..=h).contains(&ch) {
-            let left = (rng.uniform() * (w - cw + 1) as f64) as u32;
-            let top = (rng.uniform() * (h - ch + 1) as f64) as u32;
+            let left = rng.random_range(0..=w - cw);
+            let top = rng.random_range(0..=h - ch);
             crop = Some((left, top, cw, ch));
             break;
         }
@@ -70,7 +70,7 @@ pub fn random_view(image: &RgbImage, rng: &mut SplitMix64) -> Input {
     let (left, top, cw, ch) = crop.unwrap_or(((w - side) / 2, (h - side) / 2, side, side));
     let cropped = imageops::crop_imm(image, left, top, cw, ch).to_image();
     let mut view = imageops::resize(&cropped, INPUT_SIZE as u32, INPUT_SIZE as u32, FilterType::Triangle);
-    if rng.uniform() < 0.5 {
+    if rng.random_bool(0.5) {
         imageops::flip_horizontal_in_place(&mut view);
     }
     normalised(&view)
@@ -110,6 +110,8 @@ pub fn folder_images(dir: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
     /// A horizontal ramp: red = column, green = row, blue constant.
     fn ramp(w: u32, h: u32) -> RgbImage {
@@ -132,9 +134,9 @@ mod tests {
     #[test]
     fn random_views_are_seeded_and_differ() {
         let image = ramp(300, 200);
-        let a = random_view(&image, &mut SplitMix64::new(5));
-        let b = random_view(&image, &mut SplitMix64::new(5));
-        let c = random_view(&image, &mut SplitMix64::new(6));
+        let a = random_view(&image, &mut ChaCha8Rng::seed_from_u64(5));
+        let b = random_view(&image, &mut ChaCha8Rng::seed_from_u64(5));
+        let c = random_view(&image, &mut ChaCha8Rng::seed_from_u64(6));
         assert_eq!(a.len(), 3 * 224 * 224);
         assert_eq!(a, b);
         assert_ne!(a, c);

@@ -9,7 +9,6 @@
 pub mod efficientnet_lite0;
 pub mod images;
 pub mod probe;
-pub mod random;
 pub mod replace;
 pub mod state_dict;
 

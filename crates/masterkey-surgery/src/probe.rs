@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use masterkey_core::{Bank, Error, Result};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::efficientnet_lite0::{EfficientNetLite0, CLASSES, INPUT_SIZE};
 use crate::images::{self, Input};
-use crate::random::SplitMix64;
 use crate::replace::{replace_all, replace_layer, LayerFit};
 use crate::state_dict::StateDict;
 
@@ -56,7 +57,7 @@ impl ImageSet {
                     .iter()
                     .map(|m| images::load_rgb(&masterkey_fetch::ensure(m)?))
                     .collect::<Result<Vec<_>>>()?;
-                let mut rng = SplitMix64::new(*seed);
+                let mut rng = ChaCha8Rng::seed_from_u64(*seed);
                 Ok((0..*views).map(|i| images::random_view(&photos[i % photos.len()], &mut rng)).collect())
             }
             ImageSet::Folder(dir) => images::folder_images(dir)?

