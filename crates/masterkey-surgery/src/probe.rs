@@ -85,6 +85,7 @@ pub struct Agreement {
 pub struct LayerSensitivity {
     #[serde(flatten)]
     pub fit: LayerFit,
+    #[serde(flatten)]
     pub agreement: Agreement,
 }
 

@@ -31,6 +31,15 @@ pub struct LayerFit {
     pub coverage: f64,
 }
 
+/// Mean `|cos|` and coverage over every non-dead filter of the layers.
+pub fn overall(fits: &[LayerFit]) -> (f64, f64) {
+    let live = |f: &LayerFit| (f.channels - f.dead) as f64;
+    let total = fits.iter().map(live).sum::<f64>().max(1.0);
+    let mean_abs_cos = fits.iter().map(|f| f.mean_abs_cos * live(f)).sum::<f64>() / total;
+    let coverage = fits.iter().map(|f| f.coverage * live(f)).sum::<f64>() / total;
+    (mean_abs_cos, coverage)
+}
+
 /// The layer with every filter replaced by its fit, and the fit quality.
 pub fn replace_layer(layer: &DwLayer, bank: &Bank, dead_tolerance: f32) -> (DwLayer, LayerFit) {
     let taps = layer.kernel.taps();
@@ -128,6 +137,20 @@ mod tests {
         }
         assert_eq!((fit.channels, fit.dead, fit.kernel.as_str()), (3, 1, "3x3"));
         assert!((fit.mean_abs_cos - 1.0).abs() < 1e-5 && fit.coverage == 1.0, "{fit:?}");
+    }
+
+    #[test]
+    fn overall_weights_layers_by_their_live_filters() {
+        let fit = |channels, dead, mean_abs_cos, coverage| LayerFit {
+            layer: "l".into(),
+            kernel: "3x3".into(),
+            channels,
+            dead,
+            mean_abs_cos,
+            coverage,
+        };
+        let (cos, coverage) = overall(&[fit(4, 1, 0.9, 1.0), fit(2, 1, 0.5, 0.0)]);
+        assert!((cos - (3.0 * 0.9 + 0.5) / 4.0).abs() < 1e-12 && (coverage - 0.75).abs() < 1e-12);
     }
 
     #[test]
