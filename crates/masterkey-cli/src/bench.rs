@@ -11,9 +11,10 @@ use masterkey_core::Bank;
 
 use crate::ui;
 
-/// NumPy version the reference runs on, installed into a cache virtualenv.
-const NUMPY_VERSION: &str = "2.4.6";
+/// The references run on these pinned packages, installed into a cache virtualenv.
+const REFERENCE_PACKAGES: &[&str] = &["numpy==2.4.6", "scikit-learn==1.9.1"];
 const FIT_SCRIPT: &str = include_str!("bench_fit.py");
+const KMEANS_SCRIPT: &str = include_str!("bench_kmeans.py");
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
@@ -27,11 +28,33 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// k-means (K=8) on N normalised 7x7 filters shaped like trained ones; compare with scikit-learn's KMeans
+    /// from the same initial centroids for the same iterations.
+    Kmeans {
+        #[arg(long, default_value_t = 1_000_000)]
+        filters: usize,
+        #[arg(long, default_value_t = 8)]
+        keys: usize,
+        /// Iterations (convergence tolerance 0 in both, so both run them all unless assignments stop changing).
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+        /// Noise norm relative to |a| in `a*key + b + noise` (0.9 gives a mean |cos| to the generating key of
+        /// about 0.74, as published8 reaches on the real default models).
+        #[arg(long, default_value_t = 0.9)]
+        noise: f32,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Fit { filters, repeats, seed } => bench_fit(filters, repeats.max(1), seed),
+        BenchCommand::Kmeans { filters, keys, iterations, noise, repeats, seed } => {
+            bench_kmeans(filters, keys, iterations, noise, repeats.max(1), seed)
+        }
     }
 }
 
@@ -56,27 +79,49 @@ fn write_f32(path: &Path, values: &[f32]) -> Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-/// A virtualenv under the cache with the pinned NumPy, made on first use.
-fn numpy_python() -> Result<PathBuf> {
-    let venv = masterkey_fetch::cache_dir().join(format!("bench-venv-numpy-{NUMPY_VERSION}"));
+/// A virtualenv under the cache with the pinned reference packages, made on
+/// first use (its folder name carries the pins, so new pins make a new one).
+fn reference_python() -> Result<PathBuf> {
+    let venv = masterkey_fetch::cache_dir().join(format!("bench-venv-{}", REFERENCE_PACKAGES.join("-")));
     let python = venv.join("bin").join("python");
     if python.is_file() {
         return Ok(python);
     }
-    eprintln!("creating {} with numpy=={NUMPY_VERSION} (once)", venv.display());
+    eprintln!("creating {} with {} (once)", venv.display(), REFERENCE_PACKAGES.join(", "));
     let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().context("running python3 -m venv")?;
     if !status.success() {
         bail!("python3 -m venv {} failed", venv.display());
     }
     let status = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", &format!("numpy=={NUMPY_VERSION}")])
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(REFERENCE_PACKAGES)
         .status()
-        .context("running pip install numpy")?;
+        .context("running pip install")?;
     if !status.success() {
         let _ = std::fs::remove_dir_all(&venv);
-        bail!("pip install numpy=={NUMPY_VERSION} into {} failed", venv.display());
+        bail!("pip install {} into {} failed", REFERENCE_PACKAGES.join(" "), venv.display());
     }
     Ok(python)
+}
+
+/// Runs a reference script with the cache virtualenv's Python and parses its
+/// one JSON line. OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, set on some of these
+/// machines for old OpenBLAS builds, slow a current NumPy: the reference runs
+/// without them.
+fn run_reference(script: &str, dir: &Path, args: &[String]) -> Result<serde_json::Value> {
+    let path = dir.join("reference.py");
+    std::fs::write(&path, script)?;
+    let output = Command::new(reference_python()?)
+        .arg(&path)
+        .args(args)
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
+        .output()
+        .context("running the Python reference")?;
+    if !output.status.success() {
+        bail!("Python reference failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    serde_json::from_slice(&output.stdout).context("reading the Python reference's output")
 }
 
 fn bench_fit(n: usize, repeats: usize, seed: u64) -> Result<()> {
@@ -96,28 +141,20 @@ fn bench_fit(n: usize, repeats: usize, seed: u64) -> Result<()> {
     }
 
     let dir = tempfile::tempdir()?;
-    let (data, keys, best, script) =
-        (dir.path().join("y.f32"), dir.path().join("x.f32"), dir.path().join("best.u16"), dir.path().join("fit.py"));
+    let (data, keys, best) = (dir.path().join("y.f32"), dir.path().join("x.f32"), dir.path().join("best.u16"));
     write_f32(&data, &weights)?;
     write_f32(&keys, &bank.keys)?;
-    std::fs::write(&script, FIT_SCRIPT)?;
-    let python = numpy_python()?;
-    // OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, set on some of these machines for
-    // old OpenBLAS builds, slow a current NumPy: the reference runs without them.
-    let output = Command::new(&python)
-        .arg(&script)
-        .args([&data, &keys])
-        .args([n.to_string(), taps.to_string(), bank.len().to_string(), repeats.to_string()])
-        .arg(&best)
-        .env_remove("OPENBLAS_CORETYPE")
-        .env_remove("OPENBLAS_L2_SIZE")
-        .output()
-        .context("running the NumPy reference")?;
-    if !output.status.success() {
-        bail!("NumPy reference failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    let reply: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("reading the NumPy reference's output")?;
+    let shown = |p: &Path| p.display().to_string();
+    let args = [
+        shown(&data),
+        shown(&keys),
+        n.to_string(),
+        taps.to_string(),
+        bank.len().to_string(),
+        repeats.to_string(),
+        shown(&best),
+    ];
+    let reply = run_reference(FIT_SCRIPT, dir.path(), &args)?;
     let numpy_times: Vec<f64> = serde_json::from_value(reply["times_s"].clone())?;
     let numpy_best: Vec<u16> =
         std::fs::read(&best)?.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
@@ -143,5 +180,77 @@ fn bench_fit(n: usize, repeats: usize, seed: u64) -> Result<()> {
     ]);
     println!("{t}");
     println!("speed ratio masterkey / NumPy: {:.2}x; best-key agreement: {:.4}%", numpy_s / rust_s, 100.0 * agree);
+    Ok(())
+}
+
+fn bench_kmeans(n: usize, k: usize, iterations: usize, noise: f32, repeats: usize, seed: u64) -> Result<()> {
+    use masterkey_search::kmeans::{kmeans_from, plus_plus_seeds};
+    use masterkey_search::{synthetic, KMeansOptions};
+
+    let bank = Bank::published8();
+    let taps = bank.kernel.taps();
+    eprintln!(
+        "generating {n} normalised {} filters: a*key + b + noise from published8 (noise {noise}, seed {seed})",
+        bank.kernel
+    );
+    let filters = synthetic::shifted_copies(&bank, n.div_ceil(bank.len()), noise, seed);
+    let n = filters.len();
+    let init = plus_plus_seeds(&filters, k, seed);
+    let options = KMeansOptions { restarts: 1, max_iter: iterations, tol: 0.0, seed };
+
+    let mut times = Vec::new();
+    let mut ran = 0;
+    for _ in 0..repeats {
+        let t0 = Instant::now();
+        ran = kmeans_from(&filters, init.clone(), &options).iterations;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let ours = median(times);
+
+    let dir = tempfile::tempdir()?;
+    let (data, init_path) = (dir.path().join("x.f32"), dir.path().join("init.f32"));
+    write_f32(&data, &filters.data)?;
+    write_f32(&init_path, &init)?;
+    let shown = |p: &Path| p.display().to_string();
+    let args = [
+        shown(&data),
+        shown(&init_path),
+        n.to_string(),
+        taps.to_string(),
+        k.to_string(),
+        iterations.to_string(),
+        repeats.to_string(),
+    ];
+    let reply = run_reference(KMEANS_SCRIPT, dir.path(), &args)?;
+
+    let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
+    println!(
+        "bench kmeans: {n} normalised {} filters (a*key + b + noise {noise} from published8), K = {k}, same k-means++ \
+         initial centroids, up to {iterations} iterations, tolerance 0, median of {repeats} runs, {threads} cores",
+        bank.kernel
+    );
+    let mut t = ui::table(&["implementation", "iterations", "median s", "s / iteration", "masterkey speed-up"]);
+    t.add_row(vec![
+        "masterkey (sign-invariant spherical, Hamerly bounds)".to_string(),
+        ran.to_string(),
+        format!("{ours:.3}"),
+        format!("{:.4}", ours / ran.max(1) as f64),
+        "1.00x".into(),
+    ]);
+    for algorithm in ["lloyd", "elkan"] {
+        let times: Vec<f64> = serde_json::from_value(reply[algorithm]["times_s"].clone())?;
+        let iters: Vec<usize> = serde_json::from_value(reply[algorithm]["iterations"].clone())?;
+        let theirs = median(times);
+        let it = iters.last().copied().unwrap_or(0);
+        t.add_row(vec![
+            format!("scikit-learn {} KMeans({algorithm})", reply["sklearn"].as_str().unwrap_or("?")),
+            it.to_string(),
+            format!("{theirs:.3}"),
+            format!("{:.4}", theirs / it.max(1) as f64),
+            format!("{:.2}x", theirs / ours),
+        ]);
+    }
+    println!("{t}");
+    println!("(speed-up = scikit-learn's median fit time / masterkey's, on the same data from the same centroids)");
     Ok(())
 }

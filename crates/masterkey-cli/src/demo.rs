@@ -73,6 +73,7 @@ pub fn run(args: Args) -> Result<()> {
         files.push(scalespace_dir.join("fit.json").display().to_string());
         files.push(scalespace_dir.join("keys_vs_models.png").display().to_string());
     }
+    files.extend(search_found_banks(&set, &bank, &out.join("search"))?);
     let report = out.join("report.html");
     masterkey_report::write(out, &report)?;
     files.push(report.display().to_string());
@@ -92,4 +93,40 @@ pub fn run(args: Args) -> Result<()> {
     );
     println!("Report: {}", report.display());
     Ok(())
+}
+
+/// Keys found in the filters themselves: sign-invariant k-means per kernel
+/// size, the coverage-versus-K curve for K = 1..16, the K = 8 bank and its
+/// one-to-one matching with `bank` (orientation kept, no symmetries).
+fn search_found_banks(set: &masterkey_core::FilterSet, bank: &Bank, dir: &std::path::Path) -> Result<Vec<String>> {
+    use masterkey_search::{compare, search, KChoice, KMeansOptions, Method, NormalisedFilters, SearchOptions};
+    let mut files = Vec::new();
+    for (kernel, group) in &set.groups {
+        let filters = NormalisedFilters::from_group(group);
+        if filters.len() < 16 {
+            continue;
+        }
+        let options = SearchOptions {
+            method: Method::KMeans(KMeansOptions::default()),
+            k: KChoice::Fixed(bank.len()),
+            max_k: 16,
+            thresholds: FitOptions::default().thresholds,
+        };
+        let bar = crate::ui::progress(0, &format!("k-means on the {kernel} filters"));
+        let outcome = search(&filters, "the demo's filters", &options, None, &|stage, done, total| {
+            bar.set_message(format!("{kernel}: {stage}"));
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        });
+        bar.finish_and_clear();
+        let outcome = outcome?;
+        let bank_file = dir.join(format!("kmeans-{kernel}.safetensors"));
+        crate::search_cmd::save_outcome(&outcome, &bank_file)?;
+        let comparison = compare(&outcome.bank, bank, false);
+        let compare_file = dir.join(format!("kmeans-{kernel}.compare.json"));
+        masterkey_core::atomic::write_file(&compare_file, &serde_json::to_vec_pretty(&comparison)?)?;
+        files.push(bank_file.display().to_string());
+        files.push(compare_file.display().to_string());
+    }
+    Ok(files)
 }

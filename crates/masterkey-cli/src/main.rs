@@ -2,6 +2,7 @@
 
 mod bank_cmd;
 mod bench;
+mod compare_cmd;
 mod demo;
 mod extract;
 mod fetch_cmd;
@@ -11,6 +12,7 @@ mod probe_cmd;
 mod replace_cmd;
 mod report_cmd;
 mod scalespace_cmd;
+mod search_cmd;
 mod ui;
 
 use std::process::ExitCode;
@@ -54,6 +56,10 @@ enum Command {
     /// Idealised scale-space models of the keys: fit a bank, write an ideal bank, print a kernel.
     #[command(subcommand)]
     Scalespace(scalespace_cmd::ScalespaceCommand),
+    /// Find a bank of keys in filters (k-means, autoencoder, pca) with its coverage-vs-K curve.
+    Search(search_cmd::Args),
+    /// Match the keys of two banks one to one (sign free, optionally up to rotations and flips).
+    Compare(compare_cmd::Args),
 }
 
 /// Options shared by commands that read filters.
@@ -77,6 +83,8 @@ fn main() -> ExitCode {
         Command::Scalespace(cmd) => scalespace_cmd::run(cmd),
         Command::Replace(args) => replace_cmd::run(args),
         Command::Probe(args) => probe_cmd::run(args),
+        Command::Search(args) => search_cmd::run(args),
+        Command::Compare(args) => compare_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,10 +2,12 @@
 
 use plotters::prelude::*;
 
-/// One line of a line chart.
+/// One line of a line chart, or a set of marked points.
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Draw the points as circles instead of joining them.
+    pub markers: bool,
 }
 
 pub struct Axes<'a> {
@@ -13,6 +15,8 @@ pub struct Axes<'a> {
     pub y_desc: &'a str,
     pub x_range: std::ops::Range<f64>,
     pub y_range: std::ops::Range<f64>,
+    /// Where the legend goes: a corner the curves leave free.
+    pub legend: SeriesLabelPosition,
 }
 
 fn colour(i: usize) -> RGBColor {
@@ -56,6 +60,13 @@ fn draw_lines<DB: DrawingBackend>(
         .build_cartesian_2d(axes.x_range.clone(), axes.y_range.clone())?;
     chart.configure_mesh().x_desc(axes.x_desc).y_desc(axes.y_desc).light_line_style(WHITE.mix(0.0)).draw()?;
     for (i, s) in series.iter().enumerate() {
+        if s.markers {
+            chart
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, 6, colour(i).filled())))?
+                .label(s.name.as_str())
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour(i).filled()));
+            continue;
+        }
         let style = colour(i).stroke_width(if i == 0 { 3 } else { 2 });
         chart
             .draw_series(LineSeries::new(s.points.iter().copied(), style))?
@@ -64,7 +75,7 @@ fn draw_lines<DB: DrawingBackend>(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(axes.legend.clone())
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
@@ -127,10 +138,23 @@ mod tests {
 
     #[test]
     fn charts_are_svg_with_their_labels() {
-        let axes = Axes { x_desc: "|cos| threshold", y_desc: "coverage (%)", x_range: 0.0..1.0, y_range: 0.0..100.0 };
-        let svg =
-            line_chart("t", &axes, &[Series { name: "all models".into(), points: vec![(0.0, 100.0), (1.0, 0.0)] }]);
+        let axes = Axes {
+            x_desc: "|cos| threshold",
+            y_desc: "coverage (%)",
+            x_range: 0.0..1.0,
+            y_range: 0.0..100.0,
+            legend: SeriesLabelPosition::LowerLeft,
+        };
+        let svg = line_chart(
+            "t",
+            &axes,
+            &[
+                Series { name: "all models".into(), points: vec![(0.0, 100.0), (1.0, 0.0)], markers: false },
+                Series { name: "published8".into(), points: vec![(0.5, 50.0)], markers: true },
+            ],
+        );
         assert!(svg.starts_with("<svg") && svg.contains("all models") && svg.contains("coverage (%)"));
+        assert!(svg.contains("published8") && svg.contains("<circle"));
         let svg = heatmap("h", "depth", &["key1".into(), "key2".into()], &[vec![0.1, 0.9], vec![0.0, 0.5]]);
         assert!(svg.contains("key1") && svg.contains("key2") && svg.matches("<rect").count() >= 4);
     }

@@ -12,6 +12,7 @@
 //! | `fit/fit.json`, `fit/fits.csv` | `demo`, `fit -o DIR` | How the bank explains the filters |
 //! | `samples_*.png` | `demo` | How the bank explains the filters |
 //! | `scalespace/fit.json`, `scalespace/keys_vs_models.png` | `demo`, `scalespace fit -o DIR` | Scale-space models of the keys |
+//! | `search/NAME.curve.json`, `search/NAME.png`, `search/NAME.compare.json` | `demo`, `search -o search/NAME.safetensors` | Banks found in the filters |
 
 mod charts;
 mod html;

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::charts::{self, Axes, Series};
 use crate::html::{escape, figure, png_img, table};
+use plotters::prelude::SeriesLabelPosition;
 
 pub struct Section {
     pub id: String,
@@ -23,6 +24,7 @@ pub fn collect(dir: &Path) -> Result<Vec<Section>> {
     sections.extend(banks(dir)?);
     sections.extend(fit(dir)?);
     sections.extend(scalespace(dir)?);
+    sections.extend(found_banks(dir)?);
     Ok(sections)
 }
 
@@ -169,6 +171,7 @@ fn coverage_curves(rows: &[FitRow]) -> Vec<Series> {
                 (t as f64, 100.0 * covered as f64 / values.len().max(1) as f64)
             })
             .collect(),
+        markers: false,
     };
     let mut series = vec![curve("all models".into(), &all)];
     series.extend(by_model.iter().map(|(m, v)| curve(short(m), v)));
@@ -249,7 +252,13 @@ fn fit(dir: &Path) -> Result<Option<Section>> {
     body.push_str(&table(&usage_header, &usage_rows));
 
     if let Some(rows) = read_fit_rows(&fit_dir.join("fits.csv"))? {
-        let axes = Axes { x_desc: "|cos| threshold", y_desc: "coverage (%)", x_range: 0.0..1.0, y_range: 0.0..100.0 };
+        let axes = Axes {
+            x_desc: "|cos| threshold",
+            y_desc: "coverage (%)",
+            x_range: 0.0..1.0,
+            y_range: 0.0..100.0,
+            legend: SeriesLabelPosition::LowerLeft,
+        };
         let svg = charts::line_chart("Coverage versus threshold", &axes, &coverage_curves(&rows));
         body.push_str(&figure(&svg, &format!("Coverage versus |cos| threshold, from fit/fits.csv; {settings}.")));
         for (model, shares) in usage_by_depth(&rows, report.labels.len()) {
@@ -357,4 +366,164 @@ fn scalespace(dir: &Path) -> Result<Option<Section>> {
         ));
     }
     Ok(Some(Section { id: "scalespace".into(), title: "Scale-space models of the keys".into(), body }))
+}
+
+#[derive(Deserialize)]
+struct CurvePoint {
+    k: usize,
+    mean_abs_cos: f64,
+    coverage: BTreeMap<String, f64>,
+}
+
+/// A `*.curve.json` as `masterkey search -o` writes it.
+#[derive(Deserialize)]
+struct Curve {
+    method: String,
+    kernel: String,
+    filters: usize,
+    dead: usize,
+    points: Vec<CurvePoint>,
+    elbow_k: usize,
+    elbow_rule: String,
+}
+
+#[derive(Deserialize)]
+struct KeyMatch {
+    label_a: String,
+    label_b: String,
+    abs_cos: f64,
+    sign: i8,
+}
+
+/// A `*.compare.json`: the found bank matched one to one with a reference bank.
+#[derive(Deserialize)]
+struct Comparison {
+    bank_a: String,
+    bank_b: String,
+    kernel: String,
+    pairs: Vec<KeyMatch>,
+    mean_abs_cos: f64,
+}
+
+/// Files in `dir` whose names end with `suffix`, sorted.
+fn files_ending(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(suffix)))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+const CURVE_SUFFIX: &str = ".curve.json";
+
+fn found_banks(dir: &Path) -> Result<Option<Section>> {
+    let search_dir = dir.join("search");
+    let curves = files_ending(&search_dir, CURVE_SUFFIX)?;
+    if curves.is_empty() {
+        return Ok(None);
+    }
+    let fit: Option<FitRecord> = read_json(&dir.join("fit").join("fit.json"))?;
+    let mut body = String::from(
+        "<p>Banks searched for in the filters themselves, for K = 1, 2, ...: how much of the filters K keys can \
+         explain, next to the fitted bank and to random keys at its K.</p>",
+    );
+    for curve_path in curves {
+        let Some(curve): Option<Curve> = read_json(&curve_path)? else { continue };
+        let stem = curve_path.to_string_lossy().trim_end_matches(CURVE_SUFFIX).to_string();
+        let mut series = vec![Series {
+            name: "mean |cos| (x100)".into(),
+            points: curve.points.iter().map(|p| (p.k as f64, 100.0 * p.mean_abs_cos)).collect(),
+            markers: false,
+        }];
+        for t in ["0.8", "0.9"] {
+            series.push(Series {
+                name: format!("coverage |cos| >= {t}"),
+                points: curve
+                    .points
+                    .iter()
+                    .filter_map(|p| p.coverage.get(t).map(|c| (p.k as f64, 100.0 * c)))
+                    .collect(),
+                markers: false,
+            });
+        }
+        if let Some(fit) = &fit {
+            let at_kernel = |stats: Option<&FitStats>, name: String| {
+                stats.map(|s| Series {
+                    name,
+                    points: vec![
+                        (fit.report.labels.len() as f64, 100.0 * s.mean_abs_cos),
+                        (fit.report.labels.len() as f64, 100.0 * s.coverage.get("0.8").copied().unwrap_or(0.0)),
+                    ],
+                    markers: true,
+                })
+            };
+            series.extend(at_kernel(
+                fit.report.per_kernel.get(&curve.kernel),
+                format!("{} (mean |cos|, cov. 0.8)", fit.report.bank),
+            ));
+            if let Some(control) = &fit.random_control {
+                series.extend(at_kernel(control.per_kernel.get(&curve.kernel), format!("{} (same)", control.bank)));
+            }
+        }
+        let max_k = curve.points.iter().map(|p| p.k).max().unwrap_or(1) as f64;
+        let axes = Axes {
+            x_desc: "K (keys in the bank)",
+            y_desc: "percent",
+            x_range: 0.5..max_k + 0.5,
+            y_range: 0.0..100.0,
+            legend: SeriesLabelPosition::LowerRight,
+        };
+        let svg = charts::line_chart(&format!("Coverage versus K, {} filters", curve.kernel), &axes, &series);
+        body.push_str(&figure(
+            &svg,
+            &format!(
+                "{} on {} non-dead {} filters ({} dead left out), K = 1..{}; elbow at K = {} ({}). Points: the fitted bank \
+                 and the random control at their K, on the same filters (fit/fit.json). From {}.",
+                curve.method,
+                curve.filters,
+                curve.kernel,
+                curve.dead,
+                max_k,
+                curve.elbow_k,
+                curve.elbow_rule,
+                short(&curve_path.display().to_string())
+            ),
+        ));
+        let png = PathBuf::from(format!("{stem}.png"));
+        if png.is_file() {
+            body.push_str(&figure(
+                &embedded_png(&png, "found bank")?,
+                &format!("The found bank's keys ({}), one colour scale.", short(&png.display().to_string())),
+            ));
+        }
+        if let Some(cmp) = read_json::<Comparison>(&PathBuf::from(format!("{stem}.compare.json")))? {
+            let header = ["found key", "matched key", "|cos|", "sign"].map(String::from);
+            let rows: Vec<Vec<String>> = cmp
+                .pairs
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.label_a.clone(),
+                        p.label_b.clone(),
+                        format!("{:.3}", p.abs_cos),
+                        if p.sign < 0 { "-".into() } else { "+".into() },
+                    ]
+                })
+                .collect();
+            body.push_str(&format!(
+                "<p>One-to-one matching (Hungarian on |cos|, sign free, orientation kept) of `{}` with `{}` at {}: mean matched |cos| {:.3}.</p>",
+                escape(&cmp.bank_a),
+                escape(&cmp.bank_b),
+                escape(&cmp.kernel),
+                cmp.mean_abs_cos
+            ));
+            body.push_str(&table(&header, &rows));
+        }
+    }
+    Ok(Some(Section { id: "search".into(), title: "Banks found in the filters".into(), body }))
 }

@@ -57,6 +57,19 @@ fn results_folder(dir: &Path) -> FitRecord {
     let scale_fit = masterkey_scalespace::fit_bank(&bank, &masterkey_scalespace::FitOptions::default()).unwrap();
     fs::create_dir_all(dir.join("scalespace")).unwrap();
     fs::write(dir.join("scalespace/fit.json"), serde_json::to_vec(&scale_fit).unwrap()).unwrap();
+
+    let filters = masterkey_search::NormalisedFilters::from_group(&set.groups[&KernelSize::square(7)]);
+    let options = masterkey_search::SearchOptions {
+        method: masterkey_search::Method::KMeans(Default::default()),
+        k: masterkey_search::KChoice::Fixed(8),
+        max_k: 10,
+        thresholds: FitOptions::default().thresholds,
+    };
+    let outcome = masterkey_search::search(&filters, "test", &options, None, &|_, _, _| {}).unwrap();
+    fs::create_dir_all(dir.join("search")).unwrap();
+    fs::write(dir.join("search/kmeans-7x7.curve.json"), serde_json::to_vec(&outcome.curve).unwrap()).unwrap();
+    let comparison = masterkey_search::compare(&outcome.bank, &bank, false);
+    fs::write(dir.join("search/kmeans-7x7.compare.json"), serde_json::to_vec(&comparison).unwrap()).unwrap();
     record
 }
 
@@ -68,7 +81,13 @@ fn report_has_its_sections_images_and_numbers() {
     let report = masterkey_report::write(dir.path(), &out).unwrap();
     assert_eq!(
         report.sections,
-        vec!["Models and filters", "Banks", "How the bank explains the filters", "Scale-space models of the keys"]
+        vec![
+            "Models and filters",
+            "Banks",
+            "How the bank explains the filters",
+            "Scale-space models of the keys",
+            "Banks found in the filters"
+        ]
     );
     let html = fs::read_to_string(&out).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
@@ -84,8 +103,9 @@ fn report_has_its_sections_images_and_numbers() {
         let info = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap().info().clone();
         assert!(info.width > 8 * info.height / 2, "{}x{}", info.width, info.height);
     }
-    // Charts: coverage curve plus one usage-by-depth map per model.
-    assert_eq!(html.matches("<svg").count(), 3);
+    // Charts: coverage curve, one usage-by-depth map per model, coverage versus K.
+    assert_eq!(html.matches("<svg").count(), 4);
+    assert!(html.contains("mean matched |cos|"));
 
     // Numbers: the coverage table shows what fit.json holds.
     let overall = &record.report.overall;

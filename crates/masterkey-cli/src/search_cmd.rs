@@ -1,0 +1,232 @@
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use masterkey_core::{FitOptions, KernelSize};
+use masterkey_search::filters::{pick_group, NormalisedFilters};
+use masterkey_search::{
+    search, AutoencoderOptions, CoverageCurve, FitObjective, KChoice, KMeansOptions, KeyUsage, Method, SearchOptions,
+    SearchOutcome,
+};
+use serde::Serialize;
+
+use crate::{print_json, ui, ReadOptions};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MethodArg {
+    /// Sign-invariant spherical k-means (largest |cos|), k-means++ seeding.
+    Kmeans,
+    /// The paper's route: 1-D latent autoencoder, candidates along the latent, greedy elimination.
+    Autoencoder,
+    /// Eigenfilters: leading eigenvectors of the filters' second-moment matrix.
+    Pca,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Saved filter sets or model files.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Number of keys, or `auto`: the elbow of the coverage-vs-K curve, found by
+    /// kneedle on the log residual -ln(1 - mean |cos|) — K and that residual scaled
+    /// to [0, 1], the K farthest above the chord from the first point to the last.
+    #[arg(short = 'k', long = "keys", value_name = "K", default_value = "auto", value_parser = parse_k)]
+    keys: KChoice,
+    #[arg(long, value_enum, default_value = "kmeans")]
+    method: MethodArg,
+    /// Kernel size to search, e.g. 7x7 (default: the size with the most non-dead filters).
+    #[arg(long)]
+    kernel: Option<KernelSize>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// k-means: independent seedings, the best kept.
+    #[arg(long, default_value_t = KMeansOptions::default().restarts)]
+    restarts: usize,
+    /// k-means: most Lloyd iterations per run.
+    #[arg(long, default_value_t = KMeansOptions::default().max_iter)]
+    max_iter: usize,
+    /// The coverage-vs-K curve covers K = 1..=max-k (and K, if larger).
+    #[arg(long, default_value_t = 16)]
+    max_k: usize,
+    /// autoencoder: candidates decoded uniformly along the latent.
+    #[arg(long, default_value_t = AutoencoderOptions::default().candidates)]
+    candidates: usize,
+    /// autoencoder: training steps (mini-batches).
+    #[arg(long, default_value_t = AutoencoderOptions::default().steps)]
+    steps: usize,
+    /// autoencoder: what elimination keeps high: `mean` (mean |cos| of the best fits)
+    /// or `coverage:T` (share of filters with |cos| >= T).
+    #[arg(long, default_value = "mean", value_parser = parse_score)]
+    score: FitObjective,
+    /// |cos| thresholds for coverage.
+    #[arg(long, value_delimiter = ',', default_values_t = FitOptions::default().thresholds)]
+    thresholds: Vec<f32>,
+    /// Bank file to write (safetensors); the curve goes beside it as `<bank>.curve.json`.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    read: ReadOptions,
+    /// Print one JSON object on stdout instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_k(s: &str) -> Result<KChoice, String> {
+    match s {
+        "auto" => Ok(KChoice::Elbow),
+        _ => match s.parse::<usize>() {
+            Ok(k) if k > 0 => Ok(KChoice::Fixed(k)),
+            _ => Err(format!("expected a positive number of keys or `auto`, found `{s}`")),
+        },
+    }
+}
+
+fn parse_score(s: &str) -> Result<FitObjective, String> {
+    if s == "mean" {
+        return Ok(FitObjective::MeanAbsCos);
+    }
+    match s.strip_prefix("coverage:").map(str::parse::<f32>) {
+        Some(Ok(t)) if (0.0..=1.0).contains(&t) => Ok(FitObjective::Coverage(t)),
+        _ => Err(format!("expected `mean` or `coverage:T` with T in [0, 1], found `{s}`")),
+    }
+}
+
+#[derive(Serialize)]
+struct BankSummary<'a> {
+    name: &'a str,
+    kernel: String,
+    labels: &'a [String],
+    source: &'a str,
+    licence: &'a str,
+}
+
+#[derive(Serialize)]
+struct SearchOutput<'a> {
+    inputs: Vec<String>,
+    method: &'a str,
+    kernel: String,
+    k: usize,
+    k_rule: &'a str,
+    bank: BankSummary<'a>,
+    bank_file: Option<String>,
+    curve_file: Option<String>,
+    usage: &'a [KeyUsage],
+    curve: &'a CoverageCurve,
+}
+
+/// `<bank>.curve.json` beside the bank file.
+fn curve_path(bank: &Path) -> PathBuf {
+    bank.with_extension("curve.json")
+}
+
+/// Writes the bank, its curve (`<bank>.curve.json`) and its keys as a PNG (`<bank>.png`).
+pub fn save_outcome(outcome: &SearchOutcome, bank_file: &Path) -> Result<()> {
+    outcome.bank.save(bank_file)?;
+    masterkey_core::atomic::write_file(&curve_path(bank_file), &serde_json::to_vec_pretty(&outcome.curve)?)?;
+    crate::pictures::bank_png(&outcome.bank, &bank_file.with_extension("png"))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (set, _) = crate::extract::read_models(&args.inputs, args.read.dead_tol)?;
+    let group = pick_group(&set, args.kernel)?;
+    let filters = NormalisedFilters::from_group(group);
+    if filters.is_empty() {
+        bail!("all {} filters of kernel {} are dead; nothing to search", group.len(), group.kernel);
+    }
+    let method = match args.method {
+        MethodArg::Kmeans => Method::KMeans(KMeansOptions {
+            restarts: args.restarts,
+            max_iter: args.max_iter,
+            seed: args.seed,
+            ..KMeansOptions::default()
+        }),
+        MethodArg::Autoencoder => Method::Autoencoder(AutoencoderOptions {
+            candidates: args.candidates,
+            steps: args.steps,
+            objective: args.score,
+            seed: args.seed,
+            ..AutoencoderOptions::default()
+        }),
+        MethodArg::Pca => Method::Pca,
+    };
+    let options = SearchOptions { method, k: args.keys, max_k: args.max_k, thresholds: args.thresholds.clone() };
+    let set_label = args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+
+    let bar = ui::progress(0, "searching");
+    let outcome = search(&filters, &set_label, &options, None, &|stage, done, total| {
+        bar.set_message(stage.to_string());
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let outcome = outcome?;
+
+    let curve_file = args.output.as_deref().map(curve_path);
+    if let Some(bank_file) = &args.output {
+        save_outcome(&outcome, bank_file)?;
+    }
+    let bank = &outcome.bank;
+    if args.json {
+        return print_json(&SearchOutput {
+            inputs: args.inputs.iter().map(|p| p.display().to_string()).collect(),
+            method: options.method.name(),
+            kernel: filters.kernel.to_string(),
+            k: bank.len(),
+            k_rule: outcome.k_rule,
+            bank: BankSummary {
+                name: &bank.name,
+                kernel: bank.kernel.to_string(),
+                labels: &bank.labels,
+                source: &bank.source,
+                licence: &bank.licence,
+            },
+            bank_file: args.output.as_ref().map(|p| p.display().to_string()),
+            curve_file: curve_file.as_ref().map(|p| p.display().to_string()),
+            usage: &outcome.usage,
+            curve: &outcome.curve,
+        });
+    }
+
+    println!("Bank `{}`: {} keys ({}), {}.", bank.name, bank.len(), outcome.k_rule, bank.source);
+    let sizes: Vec<String> = set.kernel_counts().iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    println!("Filters by kernel size: {}; searched {}.\n", sizes.join(", "), filters.kernel);
+    let mut t = ui::table(&["key", "filters", "share", "mean |cos|"]);
+    for u in &outcome.usage {
+        t.add_row(vec![
+            comfy_table::Cell::new(&u.label),
+            ui::num(u.filters),
+            ui::pct(u.share),
+            ui::num(format!("{:.3}", u.mean_abs_cos)),
+        ]);
+    }
+    println!("Key usage (filters whose best key it is):\n{t}");
+
+    let curve = &outcome.curve;
+    let mut header = vec!["K".to_string(), "mean |cos|".into()];
+    header.extend(curve.thresholds.iter().map(|t| format!("|cos|>={t}")));
+    header.push(String::new());
+    let mut t = ui::table(&header.iter().map(String::as_str).collect::<Vec<_>>());
+    for p in &curve.points {
+        let mut row = vec![ui::num(p.k), ui::num(format!("{:.4}", p.mean_abs_cos))];
+        row.extend(p.coverage.values().map(|&c| ui::pct(c)));
+        let mut marks = Vec::new();
+        if p.k == curve.elbow_k {
+            marks.push("elbow");
+        }
+        if p.k == bank.len() {
+            marks.push("chosen");
+        }
+        row.push(comfy_table::Cell::new(marks.join(", ")));
+        t.add_row(row);
+    }
+    println!("Coverage versus K (share of the {} non-dead filters whose best key reaches |cos|):\n{t}", curve.filters);
+    println!("Elbow rule: {}.", curve.elbow_rule);
+    if let (Some(bank_file), Some(curve_file)) = (&args.output, &curve_file) {
+        println!(
+            "bank written to {} (curve: {}, keys drawn: {})",
+            bank_file.display(),
+            curve_file.display(),
+            bank_file.with_extension("png").display()
+        );
+    }
+    Ok(())
+}
