@@ -1,9 +1,12 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use masterkey_core::Bank;
+use masterkey_core::{atomic, Bank};
+use masterkey_search::KMeansOptions;
+use masterkey_surgery::plot::{agreement_vs_k_svg, BankMark};
 use masterkey_surgery::probe::{LayerSensitivity, DEFAULT_SEED, DEFAULT_VIEWS};
 use masterkey_surgery::replace::overall;
+use masterkey_surgery::sweep::{sweep, BankResult, SweepOptions, SweepPoint};
 use masterkey_surgery::{Agreement, Cpu, ImageSet, Probe, StateDict};
 use serde::Serialize;
 
@@ -36,6 +39,14 @@ pub struct Args {
     /// Also replace one layer at a time and rank the layers by sensitivity.
     #[arg(long)]
     per_layer: bool,
+    /// Also probe banks of K = 1..=--max-k keys per kernel size found by
+    /// k-means in the model's own depthwise filters, and random banks of K
+    /// keys (the --random seeds), and draw agreement versus K into this SVG.
+    #[arg(long, value_name = "SVG")]
+    sweep: Option<PathBuf>,
+    /// Largest K of --sweep.
+    #[arg(long, default_value_t = 16)]
+    max_k: usize,
     /// Print one JSON object on stdout instead of tables.
     #[arg(long)]
     json: bool,
@@ -63,6 +74,15 @@ struct ProbeOutput<'a> {
     rows: &'a [Row],
     /// Most sensitive layer first (lowest top-1 agreement, then highest KL).
     per_layer: Option<&'a [LayerSensitivity]>,
+    sweep: Option<SweepOutput<'a>>,
+}
+
+#[derive(Serialize)]
+struct SweepOutput<'a> {
+    plot: String,
+    kmeans: String,
+    random_seeds: &'a [u64],
+    points: &'a [SweepPoint],
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -76,7 +96,9 @@ pub fn run(args: Args) -> Result<()> {
     let controls: Vec<Bank> = (1..=args.random).map(|seed| Bank::random(bank.len(), bank.kernel, seed)).collect();
     let probe = Probe::<Cpu>::new(StateDict::read(&model)?, &inputs, &Default::default())?;
     let layer_runs = if args.per_layer { probe.original().depthwise_layers()?.len() } else { 0 };
-    let bar = ui::progress((2 + controls.len() + layer_runs) as u64, "probing (one pass per row)");
+    let seeds: Vec<u64> = (1..=args.random).collect();
+    let sweep_runs = if args.sweep.is_some() { args.max_k * (1 + seeds.len()) } else { 0 };
+    let bar = ui::progress((2 + controls.len() + layer_runs + sweep_runs) as u64, "probing (one pass per row)");
 
     let mut rows = vec![Row {
         weights: "identity (no replacement)".into(),
@@ -112,6 +134,28 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         None
     };
+    let sweep_options = SweepOptions {
+        max_k: args.max_k,
+        kmeans: KMeansOptions::default(),
+        random_seeds: seeds.clone(),
+        random_kernel: bank.kernel,
+    };
+    let points = match &args.sweep {
+        Some(svg) => {
+            bar.set_message("sweeping K");
+            let points = sweep(&probe, &sweep_options, |_| bar.inc(1 + seeds.len() as u64))?;
+            let marks = [BankMark {
+                name: bank.name.clone(),
+                keys: bank.len(),
+                top1: rows[1].agreement.top1,
+                top5_overlap: rows[1].agreement.top5_overlap,
+            }];
+            let title = format!("EfficientNet-Lite0 with its depthwise filters replaced ({} images)", probe.images());
+            atomic::write_file(svg, agreement_vs_k_svg(&title, &points, &marks).as_bytes())?;
+            Some(points)
+        }
+        None => None,
+    };
     bar.finish_and_clear();
 
     if args.json {
@@ -121,6 +165,12 @@ pub fn run(args: Args) -> Result<()> {
             bank: &bank.name,
             rows: &rows,
             per_layer: per_layer.as_deref(),
+            sweep: points.as_deref().map(|points| SweepOutput {
+                plot: args.sweep.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                kmeans: sweep_options.kmeans.describe(),
+                random_seeds: &seeds,
+                points,
+            }),
         });
     }
     println!("EfficientNet-Lite0 from {} on {}.", model.display(), image_set.describe());
@@ -157,5 +207,45 @@ pub fn run(args: Args) -> Result<()> {
         }
         println!("{t}");
     }
+    if let (Some(points), Some(svg)) = (&points, &args.sweep) {
+        print_sweep(points, &sweep_options);
+        println!("agreement versus K: {}", svg.display());
+    }
     Ok(())
+}
+
+fn print_sweep(points: &[SweepPoint], options: &SweepOptions) {
+    println!(
+        "\nBanks of K keys per kernel size found by {} in the model's own filters, \
+         against random banks of K keys (mean of seeds {:?}):",
+        options.kmeans.describe(),
+        options.random_seeds
+    );
+    let mut t = ui::table(&[
+        "K",
+        "k-means |cos|",
+        "k-means top-1",
+        "k-means top-5",
+        "k-means KL",
+        "random |cos|",
+        "random top-1",
+        "random top-5",
+        "random KL",
+    ]);
+    for p in points {
+        let random_mean =
+            |f: fn(&BankResult) -> f64| p.random.iter().map(f).sum::<f64>() / p.random.len().max(1) as f64;
+        t.add_row(vec![
+            ui::num(p.k),
+            ui::num(format!("{:.3}", p.found.mean_abs_cos)),
+            ui::pct(p.found.agreement.top1),
+            ui::pct(p.found.agreement.top5_overlap),
+            ui::num(format!("{:.3}", p.found.agreement.mean_kl)),
+            ui::num(format!("{:.3}", random_mean(|r| r.mean_abs_cos))),
+            ui::pct(p.random_top1()),
+            ui::pct(random_mean(|r| r.agreement.top5_overlap)),
+            ui::num(format!("{:.3}", random_mean(|r| r.agreement.mean_kl))),
+        ]);
+    }
+    println!("{t}");
 }

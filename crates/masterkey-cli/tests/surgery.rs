@@ -93,6 +93,36 @@ fn probe_ranks_identity_bank_random_and_layers() {
 }
 
 #[test]
+fn sweep_draws_agreement_versus_k_of_found_and_random_banks() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("sweep.svg");
+    let v = json_of(&masterkey(&[
+        "probe",
+        "efficientnet-lite0",
+        "--views",
+        "2",
+        "--random",
+        "1",
+        "--sweep",
+        svg.to_str().unwrap(),
+        "--max-k",
+        "2",
+        "--json",
+    ]));
+    let points = v["sweep"]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    // One k-means bank per kernel size of the model, K keys each.
+    assert_eq!(points[1]["found"]["bank"], "kmeans-k2-3x3 + kmeans-k2-5x5");
+    assert_eq!(points[1]["random"][0]["bank"], "random2-seed1");
+    for p in points {
+        let found = p["found"]["mean_abs_cos"].as_f64().unwrap();
+        assert!(found > p["random"][0]["mean_abs_cos"].as_f64().unwrap(), "keys found in the filters fit them better");
+    }
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.starts_with("<svg") && drawn.contains("k-means banks, top-1") && drawn.contains("published8"));
+}
+
+#[test]
 fn probe_of_a_model_that_is_not_efficientnet_lite0_names_the_file() {
     let ppocr = masterkey_fetch::ensure(masterkey_fetch::model("ppocr-cls").unwrap()).unwrap();
     let out = masterkey(&["probe", ppocr.to_str().unwrap(), "--views", "1", "--random", "0"]);

@@ -8,9 +8,11 @@
 
 pub mod efficientnet_lite0;
 pub mod images;
+pub mod plot;
 pub mod probe;
 pub mod replace;
 pub mod state_dict;
+pub mod sweep;
 
 pub use efficientnet_lite0::EfficientNetLite0;
 pub use probe::{probe_agreement, Agreement, ImageSet, Probe};

@@ -146,8 +146,14 @@ impl<B: Backend> Probe<B> {
 
     /// Every depthwise filter replaced by its fit to `bank`.
     pub fn bank(&self, bank: &Bank) -> Result<(Agreement, Vec<LayerFit>)> {
+        self.banks(std::slice::from_ref(bank))
+    }
+
+    /// Every depthwise filter replaced by its fit to the bank of its kernel
+    /// size (see [`crate::replace::bank_for`]).
+    pub fn banks(&self, banks: &[Bank]) -> Result<(Agreement, Vec<LayerFit>)> {
         let mut weights = self.original.clone();
-        let fits = replace_all(&mut weights, bank, DEAD_TOLERANCE)?;
+        let fits = replace_all(&mut weights, banks, DEAD_TOLERANCE)?;
         Ok((self.agreement(&weights)?, fits))
     }
 

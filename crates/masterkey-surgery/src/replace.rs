@@ -9,7 +9,7 @@ use std::path::Path;
 
 use masterkey_core::fit::fit_filters;
 use masterkey_core::kernel::{is_dead, mean_and_centered_norm};
-use masterkey_core::{Bank, DwLayer, Result, RESIZE_RULE};
+use masterkey_core::{Bank, DwLayer, KernelSize, Result, RESIZE_RULE};
 use serde::Serialize;
 
 use crate::state_dict::StateDict;
@@ -81,11 +81,22 @@ pub fn replace_layer(layer: &DwLayer, bank: &Bank, dead_tolerance: f32) -> (DwLa
     (replaced, fit)
 }
 
-/// Replaces every depthwise layer of the state dict.
-pub fn replace_all(weights: &mut StateDict, bank: &Bank, dead_tolerance: f32) -> Result<Vec<LayerFit>> {
+/// The bank a layer is fitted to: the one of the layer's own kernel size,
+/// else the first (resized). Several banks serve a network whose layers have
+/// several kernel sizes, each with keys found at its own size.
+pub fn bank_for<'a>(banks: &'a [Bank], kernel: KernelSize) -> &'a Bank {
+    banks.iter().find(|b| b.kernel == kernel).unwrap_or(&banks[0])
+}
+
+/// Replaces every depthwise layer of the state dict, each fitted to
+/// [`bank_for`] its kernel size.
+pub fn replace_all(weights: &mut StateDict, banks: &[Bank], dead_tolerance: f32) -> Result<Vec<LayerFit>> {
+    if banks.is_empty() {
+        return Err(masterkey_core::Error::Other("replacing filters needs at least one bank".into()));
+    }
     let mut fits = Vec::new();
     for layer in weights.depthwise_layers()? {
-        let (replaced, fit) = replace_layer(&layer, bank, dead_tolerance);
+        let (replaced, fit) = replace_layer(&layer, bank_for(banks, layer.kernel), dead_tolerance);
         weights.set_layer(&replaced)?;
         fits.push(fit);
     }
@@ -98,7 +109,7 @@ pub fn replace_all(weights: &mut StateDict, bank: &Bank, dead_tolerance: f32) ->
 /// resize rule.
 pub fn replace_model(model: &Path, bank: &Bank, dead_tolerance: f32, output: &Path) -> Result<Vec<LayerFit>> {
     let mut weights = StateDict::read(model)?;
-    let fits = replace_all(&mut weights, bank, dead_tolerance)?;
+    let fits = replace_all(&mut weights, std::slice::from_ref(bank), dead_tolerance)?;
     if fits.is_empty() {
         return Err(masterkey_core::Error::invalid(
             model,
@@ -120,7 +131,6 @@ pub fn replace_model(model: &Path, bank: &Bank, dead_tolerance: f32, output: &Pa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use masterkey_core::KernelSize;
 
     #[test]
     fn a_filter_that_is_a_shifted_key_is_replaced_by_itself() {
@@ -137,6 +147,14 @@ mod tests {
         }
         assert_eq!((fit.channels, fit.dead, fit.kernel.as_str()), (3, 1, "3x3"));
         assert!((fit.mean_abs_cos - 1.0).abs() < 1e-5 && fit.coverage == 1.0, "{fit:?}");
+    }
+
+    #[test]
+    fn each_layer_takes_the_bank_of_its_kernel_size_else_the_first() {
+        let banks = [Bank::random(2, KernelSize::square(5), 1), Bank::random(3, KernelSize::square(3), 1)];
+        assert_eq!(bank_for(&banks, KernelSize::square(3)).len(), 3);
+        assert_eq!(bank_for(&banks, KernelSize::square(5)).len(), 2);
+        assert_eq!(bank_for(&banks, KernelSize::square(7)).len(), 2);
     }
 
     #[test]
