@@ -84,7 +84,7 @@ pub fn replace_layer(layer: &DwLayer, bank: &Bank, dead_tolerance: f32) -> (DwLa
 /// The bank a layer is fitted to: the one of the layer's own kernel size,
 /// else the first (resized). Several banks serve a network whose layers have
 /// several kernel sizes, each with keys found at its own size.
-pub fn bank_for<'a>(banks: &'a [Bank], kernel: KernelSize) -> &'a Bank {
+pub fn bank_for(banks: &[Bank], kernel: KernelSize) -> &Bank {
     banks.iter().find(|b| b.kernel == kernel).unwrap_or(&banks[0])
 }
 
