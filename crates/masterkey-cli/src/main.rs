@@ -8,6 +8,8 @@ mod extract;
 mod fetch_cmd;
 mod fit_cmd;
 mod pictures;
+mod probe_cmd;
+mod replace_cmd;
 mod report_cmd;
 mod scalespace_cmd;
 mod search_cmd;
@@ -48,6 +50,10 @@ enum Command {
     /// Benchmarks (not tests), each side by side with a reference in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Replace every depthwise filter of a model by its a*key+b fit to a bank; write safetensors.
+    Replace(replace_cmd::Args),
+    /// How much of EfficientNet-Lite0's behaviour survives the replacement, against identity and random banks.
+    Probe(probe_cmd::Args),
     /// Idealised scale-space models of the keys: fit a bank, write an ideal bank, print a kernel.
     #[command(subcommand)]
     Scalespace(scalespace_cmd::ScalespaceCommand),
@@ -83,6 +89,8 @@ fn main() -> ExitCode {
         Command::Report(args) => report_cmd::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Scalespace(cmd) => scalespace_cmd::run(cmd),
+        Command::Replace(args) => replace_cmd::run(args),
+        Command::Probe(args) => probe_cmd::run(args),
         Command::Search(args) => search_cmd::run(args),
         Command::Compare(args) => compare_cmd::run(args),
         Command::Train(args) => train_cmd::run_train(*args),

@@ -123,6 +123,22 @@ const HUMAN_TARBALL: Archive = Archive {
     file: "vladmandic-human-3.3.6.tgz",
     sha256: "425e9c51dbbca0c8934362b170cb0d54c2529c11c654b3c03092b16e9d6ad3f7",
 };
+/// scikit-image and scikit-learn ship only platform wheels; their sample
+/// photos are the same in all of them.
+const SCIKIT_IMAGE_WHEEL: Archive = Archive {
+    registry: Registry::PyPi,
+    package: "scikit-image",
+    version: "0.26.0",
+    file: "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+    sha256: "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
+};
+const SCIKIT_LEARN_WHEEL: Archive = Archive {
+    registry: Registry::PyPi,
+    package: "scikit-learn",
+    version: "1.9.1",
+    file: "scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+    sha256: "52a0703bbc07ad27f560fa63fa68e4c54dd735bfbbf65b4dd3c225dc7547b6df",
+};
 
 const fn member(
     id: &'static str,
@@ -227,6 +243,93 @@ pub const DEFAULT_MODELS: &[PackageMember] = &[
         sha256: "bf97bc10d9c8a11200b0190ed64ce039b6252f1aff7cb552aca99b3d191c2f34",
     }]),
 ];
+
+/// Natural colour photos shipped as sample data by scikit-image and
+/// scikit-learn, to run and probe image classifiers with.
+pub const PHOTOS: &[PackageMember] = &[
+    member(
+        "astronaut",
+        "astronaut Eileen Collins (NASA, public domain)",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/astronaut.png",
+        "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+    ),
+    member(
+        "chelsea",
+        "Chelsea the cat",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/chelsea.png",
+        "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
+    ),
+    member(
+        "coffee",
+        "a cup of coffee",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/coffee.png",
+        "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
+    ),
+    member(
+        "rocket",
+        "a rocket on its launch pad (NASA, public domain)",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/rocket.jpg",
+        "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c",
+    ),
+    member(
+        "motorcycle_left",
+        "a motorcycle, left stereo view",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/motorcycle_left.png",
+        "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179",
+    ),
+    member(
+        "motorcycle_right",
+        "a motorcycle, right stereo view",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/motorcycle_right.png",
+        "5fc913ae870e42a4b662314bc904d1786bcad8e2f0b9b67dba5a229406357797",
+    ),
+    member(
+        "hubble_deep_field",
+        "Hubble deep field (NASA, public domain)",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/hubble_deep_field.jpg",
+        "3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4",
+    ),
+    member(
+        "ihc",
+        "immunohistochemistry stain",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/ihc.png",
+        "f8dd1aa387ddd1f49d8ad13b50921b237df8e9b262606d258770687b0ef93cef",
+    ),
+    member(
+        "retina",
+        "human retina",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/retina.jpg",
+        "38a07f36f27f095e818aea7b96d34202c05176d30253c66733f2e00379e9e0e6",
+    ),
+    member(
+        "china",
+        "a Chinese temple (CC BY 2.0, danielbuechele)",
+        SCIKIT_LEARN_WHEEL,
+        "sklearn/datasets/images/china.jpg",
+        "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29",
+    ),
+    member(
+        "flower",
+        "a flower (CC BY 2.0, vultilion)",
+        SCIKIT_LEARN_WHEEL,
+        "sklearn/datasets/images/flower.jpg",
+        "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638",
+    ),
+];
+
+/// Looks a shipped photo up by its id.
+pub fn photo(id: &str) -> Option<&'static PackageMember> {
+    PHOTOS.iter().find(|m| m.id == id)
+}
 
 /// Looks a default model up by its id.
 pub fn model(id: &str) -> Option<&'static PackageMember> {
@@ -372,9 +475,10 @@ fn wheel_tag_args(wheel_file: &str) -> Vec<String> {
     }
     // A Python tag is an implementation and a version: `cp311` is CPython 3.11.
     let (implementation, version) = python.split_at(python.find(|c: char| c.is_ascii_digit()).unwrap_or(0));
-    ["--platform", platform, "--abi", abi, "--implementation", implementation, "--python-version", version]
-        .map(String::from)
-        .to_vec()
+    // A compressed tag set (`manylinux_2_24_x86_64.manylinux_2_28_x86_64`) names several platforms.
+    let mut args: Vec<String> = platform.split('.').flat_map(|p| ["--platform", p]).map(String::from).collect();
+    args.extend(["--abi", abi, "--implementation", implementation, "--python-version", version].map(String::from));
+    args
 }
 
 fn run_client(command: &mut Command, shown: &str, registry: Registry) -> Result<()> {
@@ -632,6 +736,10 @@ mod tests {
                 "311"
             ]
         );
+        assert_eq!(
+            wheel_tag_args(SCIKIT_IMAGE_WHEEL.file)[..4],
+            ["--platform", "manylinux_2_24_x86_64", "--platform", "manylinux_2_28_x86_64"]
+        );
         assert!(wheel_tag_args(EFFICIENTNET_WHEEL.file).is_empty());
         assert!(wheel_tag_args(RAPIDOCR_WHEEL.file).is_empty());
     }
@@ -651,8 +759,8 @@ mod tests {
     }
 
     #[test]
-    fn default_models_have_distinct_ids_and_pinned_hashes() {
-        for m in DEFAULT_MODELS {
+    fn default_models_and_photos_have_distinct_ids_and_pinned_hashes() {
+        for m in DEFAULT_MODELS.iter().chain(PHOTOS) {
             assert_eq!(m.archive_sha256.len(), 64);
             let files = pinned_files(m);
             for (file, target) in &files {
@@ -662,13 +770,13 @@ mod tests {
                 assert_eq!(file.path.rsplit_once('/').map(|p| p.0), m.member.rsplit_once('/').map(|p| p.0));
             }
             assert_eq!(files[0].1, cached_path(m));
-            assert_eq!(DEFAULT_MODELS.iter().filter(|o| o.id == m.id).count(), 1);
+            assert_eq!(DEFAULT_MODELS.iter().chain(PHOTOS).filter(|o| o.id == m.id).count(), 1);
         }
     }
 
     #[test]
     fn archive_files_are_named_as_their_clients_name_them() {
-        for m in DEFAULT_MODELS {
+        for m in DEFAULT_MODELS.iter().chain(PHOTOS) {
             let folder = model_folder(m);
             let stem = folder.file_name().unwrap().to_str().unwrap();
             match m.registry {

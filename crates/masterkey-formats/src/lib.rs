@@ -20,6 +20,7 @@ use std::path::Path;
 
 pub use detect::{detect, Format};
 use masterkey_core::{ModelFilters, Result};
+pub use named::dw_shape;
 
 /// Reads every depthwise layer of the model at `path`.
 pub fn read_model(path: &Path) -> Result<ModelFilters> {
@@ -34,6 +35,32 @@ pub fn read_model(path: &Path) -> Result<ModelFilters> {
         Format::Tfjs => tfjs::read(path)?,
     };
     Ok(ModelFilters { source: path.to_path_buf(), format: format.name().to_string(), layers })
+}
+
+/// One float tensor of a state dict, converted to f32 and laid out row-major
+/// (PyTorch's contiguous order), whatever its dtype and strides in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// Reads every float tensor of the state dict at `path` — weights, biases,
+/// normalisation statistics, not only depthwise layers — in the file's order
+/// (PyTorch) or in natural name order (safetensors, whose header keeps none).
+/// Integer buffers are left out. Formats that hold a graph rather than a
+/// state dict (ONNX, TFLite, TF.js) and sharded safetensors are refused.
+pub fn read_state_dict(path: &Path) -> Result<Vec<NamedTensor>> {
+    match detect(path)? {
+        Format::Safetensors => safetensors_reader::read_single_state_dict(path),
+        Format::PytorchZip => torch::read_zip_state_dict(path),
+        Format::PytorchLegacy => torch::read_legacy_state_dict(path),
+        other => Err(masterkey_core::Error::invalid(
+            path,
+            format!("expected a state dict (PyTorch checkpoint or single safetensors file), found {}", other.name()),
+        )),
+    }
 }
 
 /// Builds one filter set from inputs that are model files or saved sets

@@ -16,6 +16,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::dtype::{self, ElemType};
 use crate::named;
+use crate::NamedTensor;
 
 pub fn read_single(path: &Path) -> Result<Vec<DwLayer>> {
     let mmap = map_file(path).map_err(|e| Error::io(path, e))?;
@@ -23,6 +24,22 @@ pub fn read_single(path: &Path) -> Result<Vec<DwLayer>> {
     let mut layers = dw_layers(path, &tensors)?;
     sort_in_model_order(&mut layers);
     Ok(layers)
+}
+
+/// Every float tensor of a single safetensors file, in natural name order.
+pub fn read_single_state_dict(path: &Path) -> Result<Vec<NamedTensor>> {
+    let mmap = map_file(path).map_err(|e| Error::io(path, e))?;
+    let tensors = parse(path, &mmap)?;
+    let mut out = Vec::new();
+    for (name, view) in tensors.iter() {
+        let Some(elem) = elem_type(view.dtype()) else { continue };
+        let count = view.shape().iter().product();
+        let values = dtype::decode(elem, view.data(), 0, count)
+            .map_err(|m| Error::invalid(path, format!("tensor `{name}`: {m}")))?;
+        out.push(NamedTensor { name: name.to_string(), shape: view.shape().to_vec(), values });
+    }
+    out.sort_by(|a, b| named::natural_cmp(&a.name, &b.name));
+    Ok(out)
 }
 
 /// Reads every shard named by the index at `index_path` once and gathers the

@@ -19,6 +19,7 @@ use zip::ZipArchive;
 use crate::dtype::{self, ElemType};
 use crate::named;
 use crate::pickle::{self, Node, Pickle, Value};
+use crate::NamedTensor;
 
 /// The first pickle of a legacy file.
 const LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
@@ -36,10 +37,14 @@ const MAX_NESTING: usize = 8;
 /// Reads a PyTorch >= 1.6 zip checkpoint: `<prefix>/data.pkl` and one entry
 /// `<prefix>/data/<key>` per storage.
 pub fn read_zip(path: &Path) -> Result<Vec<DwLayer>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut archive = ZipArchive::new(file)
-        .map_err(|e| Error::invalid(path, format!("expected a zip archive, found an unreadable one ({e})")))?;
-    zip_layers(&mut archive).map_err(|message| Error::invalid(path, message))
+    let mut archive = open_zip(path)?;
+    zip_tensors(&mut archive, DwTensor::select, DwTensor::layer).map_err(|message| Error::invalid(path, message))
+}
+
+/// Every float tensor of a zip checkpoint's state dict, in the dict's order.
+pub fn read_zip_state_dict(path: &Path) -> Result<Vec<NamedTensor>> {
+    let mut archive = open_zip(path)?;
+    zip_tensors(&mut archive, is_float, named_tensor).map_err(|message| Error::invalid(path, message))
 }
 
 /// Reads a pre-1.6 checkpoint: the magic number, protocol version and system
@@ -47,29 +52,61 @@ pub fn read_zip(path: &Path) -> Result<Vec<DwLayer>> {
 /// key an 8-byte little-endian element count and the raw elements.
 pub fn read_legacy(path: &Path) -> Result<Vec<DwLayer>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    legacy_layers(&bytes).map_err(|message| Error::invalid(path, message))
+    legacy_tensors(&bytes, DwTensor::select, DwTensor::layer).map_err(|message| Error::invalid(path, message))
 }
 
-fn zip_layers(archive: &mut ZipArchive<File>) -> Result<Vec<DwLayer>, String> {
+/// Every float tensor of a legacy checkpoint's state dict, in the dict's order.
+pub fn read_legacy_state_dict(path: &Path) -> Result<Vec<NamedTensor>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    legacy_tensors(&bytes, is_float, named_tensor).map_err(|message| Error::invalid(path, message))
+}
+
+fn open_zip(path: &Path) -> Result<ZipArchive<File>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    ZipArchive::new(file)
+        .map_err(|e| Error::invalid(path, format!("expected a zip archive, found an unreadable one ({e})")))
+}
+
+/// Picks tensors of the state dict by name and view (`Ok(None)` skips one).
+type Select<T> = fn(String, TensorView) -> Result<Option<T>, String>;
+/// Turns a picked tensor and the bytes of its storage into the result.
+type Convert<T, R> = fn(&T, &[u8]) -> Result<R, String>;
+
+/// A picked tensor: its name (for errors) and the view it reads its storage through.
+trait Picked {
+    fn name(&self) -> &str;
+    fn view(&self) -> &TensorView;
+}
+
+fn pick<T>(tensors: Vec<(String, TensorView)>, select: Select<T>) -> Result<Vec<T>, String> {
+    tensors.into_iter().filter_map(|(name, view)| select(name, view).transpose()).collect()
+}
+
+fn zip_tensors<T: Picked, R>(
+    archive: &mut ZipArchive<File>,
+    select: Select<T>,
+    convert: Convert<T, R>,
+) -> Result<Vec<R>, String> {
     let prefix = archive_prefix(archive)?;
     check_byte_order(archive, &prefix)?;
     let data_pkl = read_entry(archive, &format!("{prefix}data.pkl"))?;
     let (main, _) = pickle::load(&data_pkl, 0).map_err(|e| format!("{prefix}data.pkl: {e}"))?;
-    let tensors = dw_tensors(state_dict_tensors(&main)?);
+    let tensors = pick(state_dict_tensors(&main)?, select)?;
 
     // Tensors often share a storage; each is read once.
-    let mut storages: HashMap<&str, Vec<u8>> = HashMap::new();
-    let mut layers = Vec::with_capacity(tensors.len());
+    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut out = Vec::with_capacity(tensors.len());
     for tensor in &tensors {
-        let storage = &tensor.view.storage;
-        let bytes = match storages.entry(&storage.key) {
+        let storage = &tensor.view().storage;
+        let bytes = match storages.entry(storage.key.clone()) {
             Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => entry
-                .insert(zip_storage(archive, &prefix, storage).map_err(|e| format!("tensor `{}`: {e}", tensor.name))?),
+            Entry::Vacant(entry) => entry.insert(
+                zip_storage(archive, &prefix, storage).map_err(|e| format!("tensor `{}`: {e}", tensor.name()))?,
+            ),
         };
-        layers.push(tensor.layer(bytes)?);
+        out.push(convert(tensor, bytes)?);
     }
-    Ok(layers)
+    Ok(out)
 }
 
 /// The folder holding `data.pkl`, with its trailing slash: PyTorch names it
@@ -129,7 +166,7 @@ fn zip_storage(archive: &mut ZipArchive<File>, prefix: &str, storage: &StorageRe
     Ok(bytes)
 }
 
-fn legacy_layers(bytes: &[u8]) -> Result<Vec<DwLayer>, String> {
+fn legacy_tensors<T: Picked, R>(bytes: &[u8], select: Select<T>, convert: Convert<T, R>) -> Result<Vec<R>, String> {
     let (magic, pos) = pickle::load(bytes, 0)?;
     expect_int(&magic, LEGACY_MAGIC, "the legacy PyTorch magic number")?;
     let (version, pos) = pickle::load(bytes, pos)?;
@@ -139,9 +176,9 @@ fn legacy_layers(bytes: &[u8]) -> Result<Vec<DwLayer>, String> {
     let (main, pos) = pickle::load(bytes, pos)?;
     let (key_list, pos) = pickle::load(bytes, pos)?;
 
-    let tensors = dw_tensors(state_dict_tensors(&main)?);
-    let needed: HashSet<&str> = tensors.iter().map(|t| t.view.storage.key.as_str()).collect();
+    let tensors = pick(state_dict_tensors(&main)?, select)?;
     let classes = storage_classes(&main);
+    // Every storage must be walked past to find the next; keeping a slice of each is free.
     let mut storages: HashMap<String, &[u8]> = HashMap::new();
     let mut pos = pos;
     for key in storage_keys(&key_list)? {
@@ -151,18 +188,16 @@ fn legacy_layers(bytes: &[u8]) -> Result<Vec<DwLayer>, String> {
         let elem_size = storage_class(class).map_err(|e| format!("storage `{key}`: {e}"))?.0;
         let (data, next) = legacy_storage(bytes, pos, &key, elem_size)?;
         pos = next;
-        if needed.contains(key.as_str()) {
-            storages.insert(key, data);
-        }
+        storages.insert(key, data);
     }
     tensors
         .iter()
         .map(|tensor| {
-            let key = &tensor.view.storage.key;
+            let key = &tensor.view().storage.key;
             let data = storages.get(key).ok_or_else(|| {
-                format!("tensor `{}`: storage `{key}` is not in the file's storage list", tensor.name)
+                format!("tensor `{}`: storage `{key}` is not in the file's storage list", tensor.name())
             })?;
-            tensor.layer(data)
+            convert(tensor, data)
         })
         .collect()
 }
@@ -461,30 +496,60 @@ struct DwTensor {
     view: TensorView,
 }
 
-fn dw_tensors(tensors: Vec<(String, TensorView)>) -> Vec<DwTensor> {
-    tensors
-        .into_iter()
-        .filter_map(|(name, view)| {
-            let (channels, kernel) = named::dw_shape(&name, &view.size)?;
-            Some(DwTensor { name, channels, kernel, view })
-        })
-        .collect()
+impl Picked for DwTensor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn view(&self) -> &TensorView {
+        &self.view
+    }
 }
 
 impl DwTensor {
-    fn layer(&self, storage_bytes: &[u8]) -> Result<DwLayer, String> {
-        let weights = self.weights(storage_bytes).map_err(|e| format!("tensor `{}`: {e}", self.name))?;
-        DwLayer::new(self.name.as_str(), self.kernel, self.channels, weights)
+    fn select(name: String, view: TensorView) -> Result<Option<Self>, String> {
+        Ok(named::dw_shape(&name, &view.size).map(|(channels, kernel)| DwTensor { name, channels, kernel, view }))
     }
 
-    /// Gathers the weights from the storage's bytes, element by element along
-    /// the strides, into `[channel][row][col]`.
-    fn weights(&self, storage_bytes: &[u8]) -> Result<Vec<f32>, String> {
-        let TensorView { storage, offset, size, stride } = &self.view;
+    /// `[C, 1, kh, kw]` in row-major order is already the project's layout.
+    fn layer(&self, storage_bytes: &[u8]) -> Result<DwLayer, String> {
+        let weights = self.view.values(storage_bytes).map_err(|e| format!("tensor `{}`: {e}", self.name))?;
+        DwLayer::new(self.name.as_str(), self.kernel, self.channels, weights)
+    }
+}
+
+impl Picked for (String, TensorView) {
+    fn name(&self) -> &str {
+        &self.0
+    }
+    fn view(&self) -> &TensorView {
+        &self.1
+    }
+}
+
+/// Keeps tensors of float storage classes (weights, biases, BN statistics);
+/// integer buffers such as BN's `num_batches_tracked` are left out.
+fn is_float(name: String, view: TensorView) -> Result<Option<(String, TensorView)>, String> {
+    let (_, elem) = storage_class(&view.storage.class).map_err(|e| format!("tensor `{name}`: {e}"))?;
+    Ok(elem.map(|_| (name, view)))
+}
+
+fn named_tensor((name, view): &(String, TensorView), storage_bytes: &[u8]) -> Result<NamedTensor, String> {
+    let values = view.values(storage_bytes).map_err(|e| format!("tensor `{name}`: {e}"))?;
+    Ok(NamedTensor { name: name.clone(), shape: view.size.clone(), values })
+}
+
+impl TensorView {
+    /// The tensor's elements in row-major order, gathered element by element
+    /// along the strides from the storage's bytes and converted to f32.
+    fn values(&self, storage_bytes: &[u8]) -> Result<Vec<f32>, String> {
+        let TensorView { storage, offset, size, stride } = self;
         let (elem_size, elem) = storage_class(&storage.class)?;
         let elem = elem.ok_or_else(|| {
             format!("expected float weights (f32, f16, bf16, f64), found storage class {}", storage.class)
         })?;
+        if size.contains(&0) {
+            return Ok(Vec::new());
+        }
         let (base, len) = visible_elements(storage, storage_bytes.len() / elem_size)?;
         let end = view_end(*offset, size, stride).filter(|&end| end <= len).ok_or_else(|| {
             format!(
@@ -492,11 +557,8 @@ impl DwTensor {
                 storage.key
             )
         })?;
-        let &[channel_stride, _, row_stride, col_stride] = stride.as_slice() else {
-            return Err(format!("expected 4 strides, found {stride:?}"));
-        };
         let values = dtype::decode(elem, storage_bytes, base + offset, end - offset)?;
-        Ok(gather(&values, self.channels, self.kernel, [channel_stride, row_stride, col_stride]))
+        Ok(gather(&values, size, stride))
     }
 }
 
@@ -513,30 +575,37 @@ fn visible_elements(storage: &StorageRef, available: usize) -> Result<(usize, us
     }
 }
 
-/// One past the last element a strided view reads (sizes are all >= 1 for a
-/// depthwise shape), or `None` on overflow.
+/// One past the last element a strided view of non-empty sizes reads, or
+/// `None` on overflow.
 fn view_end(offset: usize, size: &[usize], stride: &[usize]) -> Option<usize> {
     size.iter()
         .zip(stride)
         .try_fold(offset.checked_add(1)?, |end, (&n, &s)| end.checked_add(n.checked_sub(1)?.checked_mul(s)?))
 }
 
-/// The elements of a `[C, 1, kh, kw]` view in row-major order, from the
-/// values decoded from its storage offset on; `view_end` has checked that
-/// every index is within `values`. The size-1 dimension's stride is unused.
-fn gather(
-    values: &[f32],
-    channels: usize,
-    kernel: KernelSize,
-    [channel_stride, row_stride, col_stride]: [usize; 3],
-) -> Vec<f32> {
-    let mut out = Vec::with_capacity(channels * kernel.taps());
-    for c in 0..channels {
-        for r in 0..kernel.h {
-            for col in 0..kernel.w {
-                out.push(values[c * channel_stride + r * row_stride + col * col_stride]);
+/// The elements of a strided view in row-major order, from the values
+/// decoded from its storage offset on; `view_end` has checked that every
+/// index is within `values`. A 0-dimensional tensor is its one element.
+fn gather(values: &[f32], size: &[usize], stride: &[usize]) -> Vec<f32> {
+    let Some((&inner_len, outer)) = size.split_last() else { return vec![values[0]] };
+    let inner_stride = stride[outer.len()];
+    let mut out = Vec::with_capacity(size.iter().product());
+    let mut index = vec![0usize; outer.len()];
+    loop {
+        let start: usize = index.iter().zip(stride).map(|(i, s)| i * s).sum();
+        out.extend((0..inner_len).map(|j| values[start + j * inner_stride]));
+        // Advance the outer index like an odometer, last axis fastest.
+        let mut axis = outer.len();
+        loop {
+            if axis == 0 {
+                return out;
             }
+            axis -= 1;
+            index[axis] += 1;
+            if index[axis] < outer[axis] {
+                break;
+            }
+            index[axis] = 0;
         }
     }
-    out
 }

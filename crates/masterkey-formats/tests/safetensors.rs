@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use masterkey_core::KernelSize;
-use masterkey_formats::read_model;
+use masterkey_formats::{read_model, read_state_dict};
 
 mod common;
 use common::asymmetric;
@@ -118,6 +118,35 @@ fn half_bfloat_and_double_storage_decode_to_the_same_filters() {
     for layer in &layers {
         assert_eq!(layer.weights, values, "{}", layer.name);
     }
+}
+
+#[test]
+fn state_dict_has_every_float_tensor_in_name_order_and_leaves_integers_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = temp_file(&dir, "state.safetensors");
+    let f16: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+    write_safetensors(
+        &path,
+        &[
+            dw_tensor("blocks.10.conv_dw.weight", 2, 3, 3),
+            f32_tensor("blocks.2.conv_pw.weight", &[2, 3], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]),
+            ("blocks.2.bn.bias", Dtype::F16, vec![2], f16),
+            ("blocks.2.bn.num_batches_tracked", Dtype::I64, vec![], 3i64.to_le_bytes().to_vec()),
+        ],
+    );
+    let tensors = read_state_dict(&path).unwrap();
+    let summary: Vec<(&str, &[usize])> = tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
+    assert_eq!(
+        summary,
+        [
+            ("blocks.2.bn.bias", [2].as_slice()),
+            ("blocks.2.conv_pw.weight", [2, 3].as_slice()),
+            ("blocks.10.conv_dw.weight", [2, 1, 3, 3].as_slice())
+        ]
+    );
+    assert_eq!(tensors[0].values, [1.5, -2.0]);
+    assert_eq!(tensors[1].values, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(tensors[2].values, asymmetric(2, 3, 3));
 }
 
 #[test]

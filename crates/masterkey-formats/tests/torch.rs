@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use masterkey_core::{KernelSize, ModelFilters};
-use masterkey_formats::read_model;
+use masterkey_formats::{read_model, read_state_dict, NamedTensor};
 use zip::write::SimpleFileOptions;
 
 /// A tensor as `_rebuild_tensor_v2` receives it.
@@ -419,6 +419,74 @@ fn legacy_nested_state_dict() {
     assert_eq!(read_model(&path).unwrap().layers.len(), 3);
 }
 
+/// A transposed 2-D view: `[2, 3]` seen through strides `[1, 2]` of a
+/// storage holding its transpose, so row-major order must be gathered.
+fn transposed_matrix() -> (TensorSpec, Storage) {
+    let spec = TensorSpec { stride: vec![1, 2], ..contiguous("20", "DoubleStorage", &[2, 3]) };
+    // Storage order is column-major for the `[2, 3]` view: a00 a10 a01 a11 a02 a12.
+    let values: Vec<u8> = [0.0f64, 10.0, 1.0, 11.0, 2.0, 12.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    (spec, Storage { key: "20", numel: 6, bytes: values })
+}
+
+fn tensor<'a>(tensors: &'a [NamedTensor], name: &str) -> &'a NamedTensor {
+    tensors.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no tensor `{name}`"))
+}
+
+#[test]
+fn state_dict_has_every_float_tensor_row_major_and_leaves_integer_buffers_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (matrix, matrix_storage) = transposed_matrix();
+    let (legacy_main, mut storages) = legacy_checkpoint();
+    let Py::OrderedDict(mut entries) = legacy_main else { unreachable!() };
+    entries.push(("blocks.0.bn.num_batches_tracked", Py::Tensor(contiguous("21", "LongStorage", &[]))));
+    entries.push(("head.weight", Py::Tensor(matrix)));
+    entries.push(("scale", Py::Tensor(contiguous("22", "FloatStorage", &[]))));
+    storages.push(Storage { key: "21", numel: 1, bytes: 7u64.to_le_bytes().to_vec() });
+    storages.push(matrix_storage);
+    storages.push(f32_storage("22", &[0.25]));
+    let main = Py::OrderedDict(entries);
+    for (name, bytes) in [("all.pth", torch_legacy(&main, &storages)), ("all.pt", torch_zip(&main, &storages))] {
+        let tensors = read_state_dict(&write(&dir, name, &bytes)).unwrap();
+        let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "blocks.0.dw.weight",
+                "blocks.0.bn.bias",
+                "blocks.1.dw.weight",
+                "blocks.2.dw.weight",
+                "head.weight",
+                "scale"
+            ],
+            "{name}"
+        );
+        let strided = tensor(&tensors, "blocks.1.dw.weight");
+        assert_eq!(strided.shape, [3, 1, 3, 3]);
+        assert_eq!(strided.values, dw_values(3, K3), "{name}: strided DW view");
+        if name.ends_with(".pth") {
+            // Storage views exist only in legacy files.
+            assert_eq!(tensor(&tensors, "blocks.2.dw.weight").values, dw_values(2, K3), "f16 through a storage view");
+        }
+        assert_eq!(tensor(&tensors, "blocks.0.bn.bias").values, [0.5, -0.5]);
+        let head = tensor(&tensors, "head.weight");
+        assert_eq!(
+            (head.shape.as_slice(), head.values.as_slice()),
+            ([2, 3].as_slice(), [0.0, 1.0, 2.0, 10.0, 11.0, 12.0].as_slice())
+        );
+        let scale = tensor(&tensors, "scale");
+        assert_eq!((scale.shape.len(), scale.values.as_slice()), (0, [0.25].as_slice()));
+    }
+}
+
+#[test]
+fn state_dict_of_a_graph_format_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A minimal TF.js model.json is recognised as a graph format, not a state dict.
+    let path = write(&dir, "model.json", br#"{"modelTopology": {}, "weightsManifest": []}"#);
+    let err = read_state_dict(&path).unwrap_err().to_string();
+    assert!(err.contains("model.json") && err.contains("expected a state dict"), "{err}");
+}
+
 #[test]
 fn every_truncation_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -541,6 +609,15 @@ fn real_efficientnet_lite0_legacy_file() {
 
     let first = &model.layers[0];
     assert!(first.name.contains("depthwise"), "{}", first.name);
+
+    // The whole state dict: 296 tensors less 49 integer `num_batches_tracked`.
+    let tensors = read_state_dict(&masterkey_fetch::ensure(lite0).unwrap()).unwrap();
+    assert_eq!(tensors.len(), 247);
+    let dw = tensor(&tensors, &first.name);
+    assert_eq!((dw.shape.as_slice(), dw.values.as_slice()), ([32, 1, 3, 3].as_slice(), first.weights.as_slice()));
+    let fc = tensor(&tensors, "_fc.weight");
+    assert_eq!(fc.shape, [1000, 1280]);
+    assert!(tensors.iter().all(|t| t.values.len() == t.shape.iter().product::<usize>()));
     assert!(first.weights.iter().all(|w| w.is_finite() && w.abs() < 100.0));
     assert!(first.weights.iter().any(|&w| w != first.weights[0]));
 }
