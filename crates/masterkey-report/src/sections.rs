@@ -25,6 +25,7 @@ pub fn collect(dir: &Path) -> Result<Vec<Section>> {
     sections.extend(fit(dir)?);
     sections.extend(scalespace(dir)?);
     sections.extend(found_banks(dir)?);
+    sections.extend(small_data(dir)?);
     Ok(sections)
 }
 
@@ -526,4 +527,84 @@ fn found_banks(dir: &Path) -> Result<Option<Section>> {
         }
     }
     Ok(Some(Section { id: "search".into(), title: "Banks found in the filters".into(), body }))
+}
+
+#[derive(Deserialize)]
+struct ArmStats {
+    arm: String,
+    fraction: f64,
+    runs: usize,
+    mean: f64,
+    std: f64,
+    min: f64,
+    max: f64,
+    vs_trainable: f64,
+}
+
+/// `small-data/results.json` as `masterkey experiment small-data` writes it.
+#[derive(Deserialize)]
+struct SmallData {
+    model: String,
+    dataset: String,
+    epochs: usize,
+    batch_size: usize,
+    lr: f64,
+    layer_scale_init: Option<f32>,
+    seeds: Vec<u64>,
+    total_seconds: f64,
+    stats: Vec<ArmStats>,
+}
+
+fn small_data(dir: &Path) -> Result<Option<Section>> {
+    let exp_dir = dir.join("small-data");
+    let Some(exp): Option<SmallData> = read_json(&exp_dir.join("results.json"))? else { return Ok(None) };
+    let settings = format!(
+        "model {}, data set {}, {} epochs, batch {}, lr {}, layer-scale init {}, seeds {:?}, {:.0} s of training in all",
+        exp.model,
+        exp.dataset,
+        exp.epochs,
+        exp.batch_size,
+        exp.lr,
+        exp.layer_scale_init.map_or("none".to_string(), |v| v.to_string()),
+        exp.seeds,
+        exp.total_seconds
+    );
+    let mut body = format!(
+        "<p>The same budget and seeds for every depthwise mode, on a share of the training set; test accuracy in \
+         percent (mean ± sample standard deviation over seeds). Settings: {}.</p>",
+        escape(&settings)
+    );
+    let header = ["share of training set", "depthwise mode", "runs", "mean", "± std", "min", "max", "vs trainable"]
+        .map(String::from);
+    let rows: Vec<Vec<String>> = exp
+        .stats
+        .iter()
+        .map(|a| {
+            vec![
+                format!("{}%", 100.0 * a.fraction),
+                a.arm.clone(),
+                a.runs.to_string(),
+                format!("{:.2}", 100.0 * a.mean),
+                format!("{:.2}", 100.0 * a.std),
+                format!("{:.2}", 100.0 * a.min),
+                format!("{:.2}", 100.0 * a.max),
+                format!("{:+.2}", 100.0 * a.vs_trainable),
+            ]
+        })
+        .collect();
+    body.push_str(&table(&header, &rows));
+    for svg_path in files_ending(&exp_dir, ".svg")? {
+        let svg = fs::read_to_string(&svg_path).map_err(|e| Error::io(&svg_path, e))?;
+        if !svg.trim_start().starts_with("<svg") {
+            return Err(Error::invalid(&svg_path, "expected an SVG image, found other content"));
+        }
+        body.push_str(&figure(
+            &svg,
+            &format!(
+                "Test accuracy after each epoch, mean over seeds ({}); {settings}.",
+                short(&svg_path.display().to_string())
+            ),
+        ));
+    }
+    Ok(Some(Section { id: "small-data".into(), title: "Frozen versus trainable on small data".into(), body }))
 }

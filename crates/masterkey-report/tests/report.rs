@@ -70,6 +70,26 @@ fn results_folder(dir: &Path) -> FitRecord {
     fs::write(dir.join("search/kmeans-7x7.curve.json"), serde_json::to_vec(&outcome.curve).unwrap()).unwrap();
     let comparison = masterkey_search::compare(&outcome.bank, &bank, false);
     fs::write(dir.join("search/kmeans-7x7.compare.json"), serde_json::to_vec(&comparison).unwrap()).unwrap();
+
+    // The shape `masterkey experiment small-data` writes.
+    let experiment = serde_json::json!({
+        "model": "convnextv2-atto", "dataset": "fashion-mnist", "epochs": 2, "batch_size": 64, "lr": 0.002,
+        "layer_scale_init": null, "seeds": [1, 2], "fractions": [0.01], "total_seconds": 12.5,
+        "stats": [
+            {"arm": "trainable", "fraction": 0.01, "runs": 2, "mean": 0.7012, "std": 0.01, "min": 0.69, "max": 0.71,
+             "vs_trainable": 0.0, "mean_curve": [0.6, 0.7012]},
+            {"arm": "frozen/round-robin", "fraction": 0.01, "runs": 2, "mean": 0.7234, "std": 0.02, "min": 0.70, "max": 0.74,
+             "vs_trainable": 0.0222, "mean_curve": [0.65, 0.7234]}
+        ],
+        "runs": []
+    });
+    fs::create_dir_all(dir.join("small-data")).unwrap();
+    fs::write(dir.join("small-data/results.json"), experiment.to_string()).unwrap();
+    fs::write(
+        dir.join("small-data/curves-1.svg"),
+        "<svg xmlns=\"http://www.w3.org/2000/svg\"><line x1=\"0\" y1=\"0\" x2=\"9\" y2=\"9\"/></svg>",
+    )
+    .unwrap();
     record
 }
 
@@ -86,7 +106,8 @@ fn report_has_its_sections_images_and_numbers() {
             "Banks",
             "How the bank explains the filters",
             "Scale-space models of the keys",
-            "Banks found in the filters"
+            "Banks found in the filters",
+            "Frozen versus trainable on small data"
         ]
     );
     let html = fs::read_to_string(&out).unwrap();
@@ -104,7 +125,9 @@ fn report_has_its_sections_images_and_numbers() {
         assert!(info.width > 8 * info.height / 2, "{}x{}", info.width, info.height);
     }
     // Charts: coverage curve, one usage-by-depth map per model, coverage versus K.
-    assert_eq!(html.matches("<svg").count(), 4);
+    assert_eq!(html.matches("<svg").count(), 5);
+    assert!(html.contains("<td>frozen/round-robin</td>") && html.contains("<td class=\"num\">72.34</td>"));
+    assert!(html.contains("<td class=\"num\">+2.22</td>"));
     assert!(html.contains("mean matched |cos|"));
 
     // Numbers: the coverage table shows what fit.json holds.
