@@ -231,7 +231,7 @@ fn bench_kmeans(n: usize, k: usize, iterations: usize, noise: f32, repeats: usiz
     );
     let mut t = ui::table(&["implementation", "iterations", "median s", "s / iteration", "masterkey speed-up"]);
     t.add_row(vec![
-        "masterkey (sign-invariant spherical, Hamerly bounds)".to_string(),
+        "masterkey (sign-invariant spherical, Elkan bounds)".to_string(),
         ran.to_string(),
         format!("{ours:.3}"),
         format!("{:.4}", ours / ran.max(1) as f64),

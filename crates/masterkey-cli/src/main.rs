@@ -13,6 +13,7 @@ mod replace_cmd;
 mod report_cmd;
 mod scalespace_cmd;
 mod search_cmd;
+mod train_cmd;
 mod ui;
 
 use std::process::ExitCode;
@@ -60,6 +61,13 @@ enum Command {
     Search(search_cmd::Args),
     /// Match the keys of two banks one to one (sign free, optionally up to rotations and flips).
     Compare(compare_cmd::Args),
+    /// Train a network whose depthwise filters are trainable, frozen to a bank, bank-initialised or random-frozen.
+    Train(Box<train_cmd::TrainArgs>),
+    /// Evaluate a training checkpoint on its test set.
+    Eval(train_cmd::EvalArgs),
+    /// Experiments of the master-key papers, run end to end.
+    #[command(subcommand)]
+    Experiment(train_cmd::ExperimentCommand),
 }
 
 /// Options shared by commands that read filters.
@@ -85,6 +93,9 @@ fn main() -> ExitCode {
         Command::Probe(args) => probe_cmd::run(args),
         Command::Search(args) => search_cmd::run(args),
         Command::Compare(args) => compare_cmd::run(args),
+        Command::Train(args) => train_cmd::run_train(*args),
+        Command::Eval(args) => train_cmd::run_eval(args),
+        Command::Experiment(cmd) => train_cmd::run_experiment(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

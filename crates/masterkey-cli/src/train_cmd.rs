@@ -1,0 +1,427 @@
+//! `masterkey train`, `masterkey eval` and `masterkey experiment`: thin
+//! wrappers over masterkey-train.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use indicatif::ProgressBar;
+use masterkey_train::data::{fashion_mnist_files, DataKind, DataSpec, Dataset};
+use masterkey_train::dw::{AssignmentKind, DwMode};
+use masterkey_train::experiment::{self, all_arms, Arm};
+use masterkey_train::models::ModelSpec;
+use masterkey_train::train::{
+    evaluate, load_trained, train, DwSettings, EpochMetrics, Observer, Outcome, RunOptions, StepReport, Summary,
+    TrainConfig,
+};
+use serde::Serialize;
+
+use crate::{print_json, ui};
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Network: convnext-{atto,femto,pico,nano,tiny}, convnextv2-{...}, mobilenetv2, reference.
+    #[arg(long, default_value = "convnextv2-atto")]
+    model: String,
+    /// Data set: fashion-mnist (fetched from its Debian package), idx, cifar10, cifar100, folder.
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: DataKind,
+    /// Data folder (all data sets but fashion-mnist).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Image side fed to the network (folders are resized to it).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Use the small-input variant (default: when images are at most 64 px).
+    #[arg(long)]
+    small_input: Option<bool>,
+    /// Share of the training set, stratified by class, e.g. 0.01, 0.1, 1.
+    #[arg(long, default_value_t = 1.0)]
+    fraction: f64,
+    /// Seed of the subset draw (kept fixed so that every run sees the same subset).
+    #[arg(long, default_value_t = 0)]
+    subset_seed: u64,
+    /// Turn off augmentation (padded random crop + flip; random-resized crop for folders).
+    #[arg(long)]
+    no_augment: bool,
+
+    /// DW layer mode.
+    #[arg(long, default_value = "trainable")]
+    dw_mode: DwMode,
+    /// Bank of keys: a built-in name (published8) or a bank file.
+    #[arg(long, default_value = "published8")]
+    bank: String,
+    /// Channel-to-key assignment for frozen and bank-init.
+    #[arg(long, default_value = "round-robin")]
+    assignment: AssignmentKind,
+    /// Learn the per-channel scale `a` of frozen filters.
+    #[arg(long)]
+    dw_scale: bool,
+    /// Rescale every initial DW filter to this L2 norm (all modes).
+    #[arg(long)]
+    dw_init_norm: Option<f32>,
+    /// fit-and-freeze: epochs trained trainable before snapping to the bank.
+    #[arg(long, default_value_t = 1)]
+    freeze_after: usize,
+    /// from-checkpoint: the trained checkpoint folder whose DW filters are fitted.
+    #[arg(long)]
+    source_checkpoint: Option<PathBuf>,
+    /// Layer-scale init: a number, or `none` for no layer scale (default: the model's official one).
+    #[arg(long)]
+    layer_scale_init: Option<String>,
+    /// Override the blocks per stage, e.g. 2,2,6,2 (reference model: one number, the blocks).
+    #[arg(long, value_delimiter = ',')]
+    depths: Option<Vec<usize>>,
+    /// Override the channels per stage (reference model: one number, the width).
+    #[arg(long, value_delimiter = ',')]
+    dims: Option<Vec<usize>>,
+    /// MobileNetV2 width multiplier.
+    #[arg(long)]
+    width_mult: Option<f32>,
+    /// DW kernel size (odd).
+    #[arg(long)]
+    dw_kernel: Option<usize>,
+
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 1e-5)]
+    min_lr: f64,
+    #[arg(long, default_value_t = 0.05)]
+    weight_decay: f32,
+    #[arg(long, default_value_t = 1.0)]
+    warmup_epochs: f64,
+    #[arg(long, default_value_t = 0.1)]
+    label_smoothing: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Output folder: checkpoint/, metrics.jsonl.
+    #[arg(short, long, default_value = "results/train")]
+    output: PathBuf,
+    /// Continue the run in the output folder from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Stop abruptly after this many optimizer steps in total, as a killed run would (to test --resume).
+    #[arg(long)]
+    halt_after_steps: Option<u64>,
+    /// Train on the GPU (needs a build with the `cuda` feature).
+    #[arg(long)]
+    cuda: bool,
+    /// Print one JSON object on stdout as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A checkpoint folder written by `masterkey train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Data folder, when it moved since training.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+fn fashion_mnist() -> masterkey_core::Result<PathBuf> {
+    Ok(fashion_mnist_files(&masterkey_fetch::ensure_deb(&masterkey_fetch::FASHION_MNIST)?))
+}
+
+fn parse_layer_scale(text: &str) -> Result<Option<f32>> {
+    if text == "none" {
+        return Ok(None);
+    }
+    match text.parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(Some(v)),
+        _ => bail!("--layer-scale-init: expected a number or `none`, found `{text}`"),
+    }
+}
+
+impl TrainArgs {
+    fn config(&self, data: &Dataset) -> Result<TrainConfig> {
+        let [channels, height, _] = data.shape;
+        let small = self.small_input.unwrap_or(height <= 64);
+        let mut model = ModelSpec::named(&self.model, channels, data.classes, small).map_err(anyhow::Error::msg)?;
+        if let Some(text) = &self.layer_scale_init {
+            model.layer_scale_init = parse_layer_scale(text)?;
+        }
+        if let Some(d) = &self.depths {
+            model.depths = d.clone();
+        }
+        if let Some(d) = &self.dims {
+            model.dims = d.clone();
+        }
+        if let Some(w) = self.width_mult {
+            model.width_mult = w;
+        }
+        if let Some(k) = self.dw_kernel {
+            if k % 2 == 0 {
+                bail!("--dw-kernel must be odd, got {k}");
+            }
+            model.dw_kernel = k;
+        }
+        Ok(TrainConfig {
+            model,
+            data: self.data_spec(),
+            dw: DwSettings {
+                mode: self.dw_mode,
+                bank: self.bank.clone(),
+                assignment: self.assignment,
+                learn_scale: self.dw_scale,
+                init_norm: self.dw_init_norm,
+                freeze_after: self.freeze_after,
+                source_checkpoint: self.source_checkpoint.clone(),
+            },
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            min_lr: self.min_lr,
+            weight_decay: self.weight_decay,
+            warmup_epochs: self.warmup_epochs,
+            label_smoothing: self.label_smoothing,
+            seed: self.seed,
+        })
+    }
+
+    fn data_spec(&self) -> DataSpec {
+        DataSpec {
+            kind: self.dataset,
+            path: self.data.clone(),
+            image_size: self.image_size,
+            fraction: self.fraction,
+            subset_seed: self.subset_seed,
+            augment: !self.no_augment,
+        }
+    }
+}
+
+/// A progress bar per epoch and one line per finished epoch, on stderr.
+struct Bars {
+    bar: Option<ProgressBar>,
+}
+
+impl Observer for Bars {
+    fn epoch_started(&mut self, epoch: usize, epochs: usize, batches: usize) {
+        let bar = ui::progress(batches as u64, &format!("epoch {epoch}/{epochs}"));
+        self.bar = Some(bar);
+    }
+    fn step(&mut self, r: &StepReport) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(r.batch as u64);
+            bar.set_message(format!("loss {:.3} acc {:.1}% {:.0} img/s", r.loss, 100.0 * r.accuracy, r.images_per_s));
+        }
+    }
+    fn epoch_finished(&mut self, m: &EpochMetrics) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        eprintln!(
+            "epoch {:>3}  lr {:.2e}  train loss {:.4} acc {:.2}%  test loss {:.4} acc {:.2}%  {:.0} img/s{}",
+            m.epoch,
+            m.lr,
+            m.train_loss,
+            100.0 * m.train_accuracy,
+            m.test_loss,
+            100.0 * m.test_accuracy,
+            m.train_images_per_s,
+            if m.dw_frozen { "  (DW frozen)" } else { "" }
+        );
+    }
+    fn note(&mut self, message: &str) {
+        eprintln!("{message}");
+    }
+}
+
+fn run_on<B: masterkey_train::burn::tensor::backend::AutodiffBackend>(
+    config: &TrainConfig,
+    data: &Dataset,
+    out: &Path,
+    options: &RunOptions,
+) -> Result<Outcome> {
+    Ok(train::<B>(config, data, out, options, &mut Bars { bar: None })?)
+}
+
+pub fn run_train(args: TrainArgs) -> Result<()> {
+    let data = Dataset::load(&args.data_spec(), fashion_mnist)?;
+    let config = args.config(&data)?;
+    let options = RunOptions { resume: args.resume, halt_after_steps: args.halt_after_steps };
+    eprintln!(
+        "{} on {} ({} train / {} test, fraction {}), DW {} (bank {}, assignment {}), layer scale init {}",
+        config.model.name,
+        data.name,
+        data.train.len(),
+        data.test.len(),
+        config.data.fraction,
+        config.dw.mode,
+        config.dw.bank,
+        config.assignment_label(),
+        config.model.layer_scale_init.map_or("none".to_string(), |v| v.to_string())
+    );
+    let outcome = if args.cuda {
+        run_cuda(&config, &data, &args.output, &options)?
+    } else {
+        run_on::<masterkey_train::TrainBackend>(&config, &data, &args.output, &options)?
+    };
+    let summary = match outcome {
+        Outcome::Finished(summary) => summary,
+        Outcome::Halted { step } => {
+            eprintln!("halted after step {step} as asked; continue with --resume");
+            return Ok(());
+        }
+    };
+    if args.json {
+        return print_json(&summary);
+    }
+    print_summary(&summary);
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda(config: &TrainConfig, data: &Dataset, out: &Path, options: &RunOptions) -> Result<Outcome> {
+    run_on::<masterkey_train::CudaTrainBackend>(config, data, out, options)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(_: &TrainConfig, _: &Dataset, _: &Path, _: &RunOptions) -> Result<Outcome> {
+    bail!("this masterkey was built without the `cuda` feature (cargo build --release --features cuda)")
+}
+
+fn print_summary(s: &Summary) {
+    let mut t = ui::table(&["setting", "value"]);
+    let norm = |v: f32| format!("{v:.4}");
+    let rows: Vec<(&str, String)> = vec![
+        ("model", s.model.clone()),
+        ("data", format!("{} (fraction {}, {} train images)", s.dataset, s.train_fraction, s.train_images)),
+        ("DW mode", s.mode.to_string()),
+        ("bank / assignment", format!("{} / {}", s.bank, s.assignment)),
+        ("layer scale init", s.layer_scale_init.map_or("none".into(), |v| v.to_string())),
+        (
+            "DW filter norm (initial -> final)",
+            format!("{} -> {}", norm(s.initial_dw_filter_norm), norm(s.final_dw_filter_norm)),
+        ),
+        ("test accuracy", format!("{:.2}%", 100.0 * s.test_accuracy)),
+        ("train images/s", format!("{:.1} ({})", s.train_images_per_s, s.backend)),
+        ("checkpoint", s.checkpoint.clone()),
+        ("metrics", s.metrics_log.clone()),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    println!("{t}");
+}
+
+#[derive(Serialize)]
+struct EvalOutput {
+    checkpoint: String,
+    epochs_done: usize,
+    test_accuracy: f64,
+    test_loss: f64,
+    test_images: usize,
+    model: String,
+    dataset: String,
+    mode: DwMode,
+    assignment: String,
+}
+
+pub fn run_eval(args: EvalArgs) -> Result<()> {
+    let (model, state) = load_trained::<masterkey_train::CpuBackend>(&args.checkpoint)?;
+    let mut spec = state.config.data.clone();
+    if args.data.is_some() {
+        spec.path = args.data.clone();
+    }
+    let data = Dataset::load(&spec, fashion_mnist)?;
+    let (test_loss, test_accuracy) = evaluate(&model, &data, &data.test, args.batch_size)?;
+    let out = EvalOutput {
+        checkpoint: args.checkpoint.display().to_string(),
+        epochs_done: state.epochs_done,
+        test_accuracy,
+        test_loss,
+        test_images: data.test.len(),
+        model: state.config.model.name.clone(),
+        dataset: data.name.clone(),
+        mode: state.config.dw.mode,
+        assignment: state.config.assignment_label(),
+    };
+    if args.json {
+        return print_json(&out);
+    }
+    println!(
+        "{} after {} epochs ({} DW, assignment {}): test accuracy {:.2}% (loss {:.4}) on {} images of {}",
+        out.model,
+        out.epochs_done,
+        out.mode,
+        out.assignment,
+        100.0 * out.test_accuracy,
+        out.test_loss,
+        out.test_images,
+        out.dataset
+    );
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum ExperimentCommand {
+    /// Every DW mode (and frozen assignment) with the same budget and seeds at several training-set shares.
+    SmallData(Box<SmallDataArgs>),
+}
+
+#[derive(clap::Args)]
+pub struct SmallDataArgs {
+    /// Training settings shared by every run; --dw-mode, --assignment, --fraction, --seed and
+    /// --output are set per run by the experiment.
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Shares of the training set.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.1, 1.0])]
+    fractions: Vec<f64>,
+    #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
+    seeds: Vec<u64>,
+    /// Arms to run, as labelled in the results (default: all seven).
+    #[arg(long, value_delimiter = ',')]
+    arms: Option<Vec<String>>,
+    /// Results folder: results.md, results.json, curves-<fraction>.svg, runs/.
+    #[arg(long, default_value = "results/small-data")]
+    results: PathBuf,
+}
+
+pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
+    let ExperimentCommand::SmallData(args) = cmd;
+    let data = Dataset::load(&args.train.data_spec(), fashion_mnist)?;
+    let template = args.train.config(&data)?;
+    let all = all_arms();
+    let arms: Vec<Arm> = match &args.arms {
+        None => all,
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                all.iter().copied().find(|a| a.label() == *n).ok_or_else(|| {
+                    let known: Vec<String> = all.iter().map(Arm::label).collect();
+                    anyhow::anyhow!("unknown arm `{n}`; known: {}", known.join(", "))
+                })
+            })
+            .collect::<Result<_>>()?,
+    };
+    let report = experiment::run_experiment::<masterkey_train::TrainBackend>(
+        &template,
+        &data,
+        &arms,
+        &args.fractions,
+        &args.seeds,
+        &args.results,
+        &mut Bars { bar: None },
+    )?;
+    experiment::write_report(&report, &args.results)?;
+    if args.train.json {
+        return print_json(&report);
+    }
+    println!("{}", experiment::markdown(&report));
+    println!("written: {}", args.results.join("results.md").display());
+    Ok(())
+}

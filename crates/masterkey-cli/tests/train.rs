@@ -1,0 +1,135 @@
+//! End-to-end tests of `masterkey train` and `masterkey eval` on a small
+//! synthetic data set written as IDX files: JSON output, checkpoints, a real
+//! SIGKILL in the middle of a run followed by `--resume`, and bad input.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use masterkey_train::data::synthetic;
+use serde_json::Value;
+
+fn masterkey(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_masterkey"));
+    c.args(args);
+    c
+}
+
+/// The last stdout line, parsed.
+fn last_json(out: &Output) -> Value {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().expect("a line on stdout")).expect("last line is one JSON object")
+}
+
+/// A tiny ConvNeXt V2 (2 stages) on 16 px synthetic stripes, 4 epochs.
+fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--dataset",
+        "idx",
+        "--data",
+        data,
+        "--model",
+        "convnextv2-atto",
+        "--depths",
+        "1,1",
+        "--dims",
+        "16,32",
+        "--dw-mode",
+        "frozen",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "16",
+        "--lr",
+        "5e-3",
+        "--seed",
+        "3",
+        "--output",
+        out,
+        "--json",
+    ]
+}
+
+fn eval(checkpoint: &Path) -> Value {
+    last_json(&masterkey(&["eval", "--checkpoint", checkpoint.to_str().unwrap(), "--json"]).output().unwrap())
+}
+
+#[test]
+fn train_prints_settings_and_a_killed_run_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synthetic::write_idx_folder(&data, 270, 90, 16, 5).unwrap();
+    let data = data.to_str().unwrap();
+
+    let whole = dir.path().join("whole");
+    let v = last_json(&masterkey(&train_args(data, whole.to_str().unwrap())).output().unwrap());
+    for key in ["test_accuracy", "train_images_per_s", "initial_dw_filter_norm", "layer_scale_init"] {
+        assert!(v.get(key).is_some(), "{key} missing from {v}");
+    }
+    assert_eq!(
+        (v["mode"].as_str(), v["bank"].as_str(), v["assignment"].as_str()),
+        (Some("frozen"), Some("published8"), Some("round-robin"))
+    );
+    assert!(v["layer_scale_init"].is_null(), "ConvNeXt V2 has no layer scale");
+    assert!(v["train_images_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap().lines().count(), 4);
+    let evaluated = eval(&whole.join("checkpoint"));
+    assert_eq!(evaluated["test_accuracy"], v["test_accuracy"]);
+
+    // Kill the same run for real once its first checkpoint exists (so
+    // somewhere in epoch 2 or later), then resume it.
+    let cut = dir.path().join("cut");
+    let mut child = masterkey(&train_args(data, cut.to_str().unwrap()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !cut.join("checkpoint").join("state.json").is_file() {
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(cut.join("checkpoint").join("state.json")).unwrap()).unwrap();
+    assert!(state["epochs_done"].as_u64().unwrap() < 4, "the run finished before it was killed");
+    let mut args = train_args(data, cut.to_str().unwrap());
+    args.push("--resume");
+    let resumed = last_json(&masterkey(&args).output().unwrap());
+    assert_eq!(resumed["test_accuracy"], v["test_accuracy"]);
+    // Same test loss to the last bit: the same weights.
+    assert_eq!(eval(&cut.join("checkpoint"))["test_loss"], evaluated["test_loss"]);
+}
+
+#[test]
+fn bad_data_and_settings_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here");
+    let out = masterkey(&["train", "--dataset", "idx", "--data", missing.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("train-images-idx3-ubyte") && err.contains("missing"), "{err}");
+
+    synthetic::write_idx_folder(dir.path(), 18, 9, 16, 1).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = masterkey(&["train", "--dataset", "idx", "--data", d, "--model", "convnext-huge"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model `convnext-huge`"));
+    let out = masterkey(&[
+        "train",
+        "--dataset",
+        "idx",
+        "--data",
+        d,
+        "--dw-mode",
+        "bank-init",
+        "--assignment",
+        "fit-and-freeze",
+    ])
+    .output()
+    .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bank-init takes the round-robin or random"));
+    let out = masterkey(&["eval", "--checkpoint", missing.to_str().unwrap()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing-here"));
+}

@@ -1,0 +1,335 @@
+//! Image classification data: IDX (MNIST, Fashion-MNIST), CIFAR-10/100
+//! binary, ImageFolder; augmentation, normalisation, stratified subsets.
+
+pub mod cifar;
+pub mod folder;
+pub mod idx;
+pub mod loader;
+pub mod synthetic;
+
+use std::path::{Path, PathBuf};
+
+use masterkey_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::dw::kebab_enum;
+use crate::rng::SplitMix;
+use folder::FolderSet;
+
+/// Images held in memory as bytes, `[N, C, H, W]`.
+#[derive(Debug, Clone)]
+pub struct ImageSet {
+    pub name: String,
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u16>,
+    /// `[C, H, W]`.
+    pub shape: [usize; 3],
+    pub classes: usize,
+}
+
+impl ImageSet {
+    pub fn new(
+        name: &str,
+        pixels: Vec<u8>,
+        labels: Vec<u16>,
+        shape: [usize; 3],
+        classes: usize,
+    ) -> Result<Self, String> {
+        let per = shape.iter().product::<usize>();
+        if labels.is_empty() || pixels.len() != labels.len() * per {
+            return Err(format!("expected {} labels x {per} bytes, found {} bytes", labels.len(), pixels.len()));
+        }
+        Ok(ImageSet { name: name.into(), pixels, labels, shape, classes })
+    }
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn image(&self, i: usize) -> &[u8] {
+        let per = self.shape.iter().product::<usize>();
+        &self.pixels[i * per..(i + 1) * per]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataKind {
+    /// The real Fashion-MNIST, fetched from its Debian package into the cache.
+    FashionMnist,
+    /// A folder in MNIST layout (`train-images-idx3-ubyte[.gz]`, ...).
+    Idx,
+    Cifar10,
+    Cifar100,
+    /// `train/<class>/*` and `val/<class>/*` (JPEG/PNG).
+    Folder,
+}
+
+kebab_enum!(
+    DataKind,
+    FashionMnist = "fashion-mnist",
+    Idx = "idx",
+    Cifar10 = "cifar10",
+    Cifar100 = "cifar100",
+    Folder = "folder"
+);
+
+/// What to load; saved with every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSpec {
+    pub kind: DataKind,
+    /// The data folder (not needed for `fashion-mnist`).
+    pub path: Option<PathBuf>,
+    /// Side of the square images fed to the network (folders are resized to
+    /// it; in-memory sets must already have it).
+    pub image_size: Option<usize>,
+    /// Share of the training set used, stratified by class (0 < f <= 1).
+    pub fraction: f64,
+    /// Seed of the subset draw (fixed across runs so that all modes and run
+    /// seeds see the same subset).
+    pub subset_seed: u64,
+    pub augment: bool,
+}
+
+/// Per-channel `(x / 255 - mean) / std`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalisation {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+/// ImageNet statistics, used for folders (too large to scan up front).
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// Padding of the random crop of in-memory sets (CIFAR practice).
+const CROP_PADDING: usize = 4;
+
+impl Normalisation {
+    /// Mean and standard deviation of each channel over the whole set.
+    pub fn of(set: &ImageSet) -> Self {
+        let [c, h, w] = set.shape;
+        let plane = h * w;
+        let (mut sum, mut sq) = (vec![0f64; c], vec![0f64; c]);
+        for img in set.pixels.chunks_exact(c * plane) {
+            for ch in 0..c {
+                for &v in &img[ch * plane..(ch + 1) * plane] {
+                    let v = v as f64 / 255.0;
+                    sum[ch] += v;
+                    sq[ch] += v * v;
+                }
+            }
+        }
+        let n = (set.len() * plane) as f64;
+        let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+        let std = sq.iter().zip(&mean).map(|(q, m)| ((q / n - m * m).max(1e-12)).sqrt() as f32).collect();
+        Normalisation { mean: mean.into_iter().map(|m| m as f32).collect(), std }
+    }
+}
+
+/// One split, in memory or on disk.
+pub enum Split {
+    Memory(ImageSet),
+    Folder(FolderSet),
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels().is_empty()
+    }
+    pub fn labels(&self) -> &[u16] {
+        match self {
+            Split::Memory(s) => &s.labels,
+            Split::Folder(f) => &f.labels,
+        }
+    }
+}
+
+/// Train and test splits with everything needed to turn them into tensors.
+pub struct Dataset {
+    pub name: String,
+    pub train: Split,
+    pub test: Split,
+    pub classes: usize,
+    /// `[C, H, W]` of the network input.
+    pub shape: [usize; 3],
+    pub normalisation: Normalisation,
+}
+
+impl Dataset {
+    /// Loads `spec`. `fashion_mnist_dir` resolves the real Fashion-MNIST
+    /// (fetched and verified by the caller).
+    pub fn load(spec: &DataSpec, fashion_mnist_dir: impl FnOnce() -> Result<PathBuf>) -> Result<Self> {
+        let need_path = || {
+            spec.path
+                .clone()
+                .ok_or_else(|| Error::Other(format!("dataset `{}` needs a data folder (--data)", spec.kind)))
+        };
+        let memory = |name: String, train: ImageSet, test: ImageSet| -> Result<Dataset> {
+            if let Some(size) = spec.image_size {
+                if size != train.shape[1] || size != train.shape[2] {
+                    return Err(Error::Other(format!(
+                        "{name} images are {}x{}; resizing them to {size} is not supported",
+                        train.shape[1], train.shape[2]
+                    )));
+                }
+            }
+            if test.shape != train.shape {
+                return Err(Error::Other(format!(
+                    "{name}: test images {:?} differ from train {:?}",
+                    test.shape, train.shape
+                )));
+            }
+            let classes = train.classes.max(test.classes);
+            Ok(Dataset {
+                name,
+                shape: train.shape,
+                normalisation: Normalisation::of(&train),
+                classes,
+                train: Split::Memory(train),
+                test: Split::Memory(test),
+            })
+        };
+        match spec.kind {
+            DataKind::FashionMnist | DataKind::Idx => {
+                let dir = if spec.kind == DataKind::FashionMnist { fashion_mnist_dir()? } else { need_path()? };
+                let name = spec.kind.to_string();
+                memory(name.clone(), idx::load_split(&dir, "train", &name)?, idx::load_split(&dir, "t10k", &name)?)
+            }
+            DataKind::Cifar10 | DataKind::Cifar100 => {
+                let dir = need_path()?;
+                let classes = if spec.kind == DataKind::Cifar10 { 10 } else { 100 };
+                memory(
+                    spec.kind.to_string(),
+                    cifar::load_split(&dir, classes, true)?,
+                    cifar::load_split(&dir, classes, false)?,
+                )
+            }
+            DataKind::Folder => {
+                let dir = need_path()?;
+                let size = spec.image_size.unwrap_or(224);
+                let train = FolderSet::open(&dir.join("train"), None)?;
+                let test = FolderSet::open(&dir.join("val"), Some(&train.class_names))?;
+                Ok(Dataset {
+                    name: dir.display().to_string(),
+                    classes: train.class_names.len(),
+                    shape: [3, size, size],
+                    normalisation: Normalisation { mean: IMAGENET_MEAN.to_vec(), std: IMAGENET_STD.to_vec() },
+                    train: Split::Folder(train),
+                    test: Split::Folder(test),
+                })
+            }
+        }
+    }
+
+    /// Writes sample `i` of `split`, normalised, into `out` (`C*H*W`),
+    /// augmented when `rng` is given.
+    pub fn fill(&self, split: &Split, i: usize, rng: Option<&mut SplitMix>, out: &mut [f32]) -> Result<()> {
+        let copy = |src: &[u8], out: &mut [f32]| out.iter_mut().zip(src).for_each(|(o, &v)| *o = v as f32);
+        match (split, rng) {
+            (Split::Memory(set), Some(rng)) => padded_crop_and_flip(set.image(i), self.shape, rng, out),
+            (Split::Memory(set), None) => copy(set.image(i), out),
+            (Split::Folder(f), rng) => copy(&f.load(i, self.shape[1], rng)?, out),
+        }
+        let plane = self.shape[1] * self.shape[2];
+        for (c, chunk) in out.chunks_exact_mut(plane).enumerate() {
+            let (m, s) = (self.normalisation.mean[c], self.normalisation.std[c]);
+            chunk.iter_mut().for_each(|v| *v = (*v / 255.0 - m) / s);
+        }
+        Ok(())
+    }
+}
+
+/// torchvision `RandomCrop(size, padding=4)` (zero fill) then
+/// `RandomHorizontalFlip()`, on bytes, written as f32 in `0..=255`.
+fn padded_crop_and_flip(src: &[u8], [c, h, w]: [usize; 3], rng: &mut SplitMix, out: &mut [f32]) {
+    let p = CROP_PADDING;
+    let oy = rng.below(2 * p + 1) as isize - p as isize;
+    let ox = rng.below(2 * p + 1) as isize - p as isize;
+    let flip = rng.uniform() < 0.5;
+    for ch in 0..c {
+        for y in 0..h {
+            for x in 0..w {
+                let cx = if flip { w - 1 - x } else { x };
+                let (sy, sx) = (y as isize + oy, cx as isize + ox);
+                let inside = sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w;
+                out[(ch * h + y) * w + x] =
+                    if inside { src[(ch * h + sy as usize) * w + sx as usize] as f32 } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// Indices of a stratified share of `labels`: per class,
+/// `max(1, round(fraction * count))` drawn without replacement (seeded),
+/// returned in ascending order.
+pub fn stratified_subset(labels: &[u16], fraction: f64, seed: u64) -> Vec<usize> {
+    assert!(fraction > 0.0 && fraction <= 1.0, "fraction must be in (0, 1], got {fraction}");
+    if fraction == 1.0 {
+        return (0..labels.len()).collect();
+    }
+    let classes = labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0);
+    let mut picked = Vec::new();
+    for class in 0..classes {
+        let mut members: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] as usize == class).collect();
+        if members.is_empty() {
+            continue;
+        }
+        SplitMix::for_item(seed, 0x5eed, class as u64).shuffle(&mut members);
+        let take = ((fraction * members.len() as f64).round() as usize).max(1);
+        picked.extend_from_slice(&members[..take]);
+    }
+    picked.sort_unstable();
+    picked
+}
+
+/// Where the Fashion-MNIST IDX files are, given the package's unpacked root.
+pub fn fashion_mnist_files(root: &Path) -> PathBuf {
+    root.join("usr/share/datasets/fashion-mnist")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_are_stratified_seeded_and_whole_at_fraction_one() {
+        let labels: Vec<u16> = (0..1000).map(|i| (i % 10) as u16).collect();
+        let sub = stratified_subset(&labels, 0.1, 3);
+        assert_eq!(sub.len(), 100);
+        for c in 0..10 {
+            assert_eq!(sub.iter().filter(|&&i| labels[i] == c).count(), 10);
+        }
+        assert_eq!(sub, stratified_subset(&labels, 0.1, 3));
+        assert_ne!(sub, stratified_subset(&labels, 0.1, 4));
+        assert_eq!(stratified_subset(&labels, 0.001, 0).len(), 10, "at least one per class");
+        assert_eq!(stratified_subset(&labels, 1.0, 0).len(), 1000);
+    }
+
+    #[test]
+    fn crop_and_flip_move_pixels_and_pad_with_zeros() {
+        let src: Vec<u8> = (1..=16).collect();
+        let mut seen_flip = false;
+        for seed in 0..50 {
+            let mut out = vec![0.0; 16];
+            padded_crop_and_flip(&src, [1, 4, 4], &mut SplitMix::new(seed), &mut out);
+            let nonzero: Vec<f32> = out.iter().copied().filter(|&v| v > 0.0).collect();
+            // Every kept value is a source pixel; shifts drop some to zero padding.
+            assert!(nonzero.iter().all(|v| (1.0..=16.0).contains(v)));
+            // A flip puts a larger value left of a smaller one in some row.
+            seen_flip |= out.chunks(4).any(|r| r[0] > 0.0 && r[1] > 0.0 && r[0] > r[1]);
+        }
+        assert!(seen_flip);
+    }
+
+    #[test]
+    fn normalisation_is_per_channel() {
+        let set = ImageSet::new("t", vec![0, 255, 51, 51, 0, 255, 51, 51], vec![0, 1], [2, 1, 2], 2).unwrap();
+        let n = Normalisation::of(&set);
+        assert!((n.mean[0] - 0.5).abs() < 1e-6 && (n.std[0] - 0.5).abs() < 1e-6);
+        assert!((n.mean[1] - 0.2).abs() < 1e-6 && n.std[1] < 1e-3);
+    }
+}

@@ -1,0 +1,373 @@
+//! The small-data experiment: every DW mode (and every assignment of the
+//! frozen mode) trained with the same budget and seeds on several shares of
+//! the training set; results as mean and spread over seeds.
+//!
+//! Each run lives in its own folder and is resumed from its checkpoint, so an
+//! interrupted experiment continues where it stopped and finished runs are
+//! only read back.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::AutodiffBackend;
+use masterkey_core::{atomic, Error, Result};
+use serde::Serialize;
+
+use crate::data::Dataset;
+use crate::dw::{AssignmentKind, DwMode};
+use crate::train::{train, Observer, Outcome, RunOptions, TrainConfig, CHECKPOINT_DIR, METRICS_FILE};
+
+/// One arm of the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arm {
+    pub mode: DwMode,
+    pub assignment: AssignmentKind,
+}
+
+impl Arm {
+    pub fn label(&self) -> String {
+        match self.mode {
+            DwMode::Frozen | DwMode::BankInit => format!("{} ({})", self.mode, self.assignment),
+            _ => self.mode.to_string(),
+        }
+    }
+    fn folder(&self) -> String {
+        match self.mode {
+            DwMode::Frozen | DwMode::BankInit => format!("{}-{}", self.mode, self.assignment),
+            _ => self.mode.to_string(),
+        }
+    }
+}
+
+/// Every arm; `trainable` first, as `from-checkpoint` fits its result.
+pub fn all_arms() -> Vec<Arm> {
+    use AssignmentKind::*;
+    let arm = |mode, assignment| Arm { mode, assignment };
+    vec![
+        arm(DwMode::Trainable, RoundRobin),
+        arm(DwMode::Frozen, RoundRobin),
+        arm(DwMode::Frozen, Random),
+        arm(DwMode::Frozen, FitAndFreeze),
+        arm(DwMode::Frozen, FromCheckpoint),
+        arm(DwMode::BankInit, RoundRobin),
+        arm(DwMode::RandomFrozen, RoundRobin),
+    ]
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub arm: String,
+    pub fraction: f64,
+    pub seed: u64,
+    pub test_accuracy: f64,
+    pub train_images: usize,
+    pub train_images_per_s: f64,
+    pub initial_dw_filter_norm: f32,
+    /// Test accuracy after each epoch.
+    pub curve: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmStats {
+    pub arm: String,
+    pub fraction: f64,
+    pub runs: usize,
+    pub mean: f64,
+    /// Sample standard deviation over seeds (0 for one seed).
+    pub std: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Mean minus the trainable arm's mean at the same fraction.
+    pub vs_trainable: f64,
+    pub mean_curve: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExperimentReport {
+    pub model: String,
+    pub dataset: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub layer_scale_init: Option<f32>,
+    pub seeds: Vec<u64>,
+    pub fractions: Vec<f64>,
+    pub total_seconds: f64,
+    pub stats: Vec<ArmStats>,
+    pub runs: Vec<RunResult>,
+}
+
+fn run_dir(out: &Path, fraction: f64, seed: u64, arm: &Arm) -> PathBuf {
+    out.join("runs").join(format!("fraction-{fraction}")).join(format!("seed-{seed}")).join(arm.folder())
+}
+
+/// Trains (or reads back) every arm x fraction x seed of `template`.
+pub fn run_experiment<B: AutodiffBackend>(
+    template: &TrainConfig,
+    data: &Dataset,
+    arms: &[Arm],
+    fractions: &[f64],
+    seeds: &[u64],
+    out: &Path,
+    observer: &mut dyn Observer,
+) -> Result<ExperimentReport> {
+    let started = std::time::Instant::now();
+    let mut runs = Vec::new();
+    for &fraction in fractions {
+        for &seed in seeds {
+            let trainable = Arm { mode: DwMode::Trainable, assignment: AssignmentKind::RoundRobin };
+            for arm in arms {
+                let mut config = template.clone();
+                config.seed = seed;
+                config.data.fraction = fraction;
+                config.dw.mode = arm.mode;
+                config.dw.assignment = arm.assignment;
+                if arm.assignment == AssignmentKind::FromCheckpoint {
+                    let source = run_dir(out, fraction, seed, &trainable).join(CHECKPOINT_DIR);
+                    if !source.is_dir() {
+                        return Err(Error::Other(
+                            "the from-checkpoint arm needs the trainable arm in the same experiment".into(),
+                        ));
+                    }
+                    config.dw.source_checkpoint = Some(source);
+                }
+                let dir = run_dir(out, fraction, seed, arm);
+                observer.note(&format!("== {} | fraction {fraction} | seed {seed}", arm.label()));
+                let options = RunOptions { resume: true, halt_after_steps: None };
+                let summary = match train::<B>(&config, data, &dir, &options, observer)? {
+                    Outcome::Finished(s) => s,
+                    Outcome::Halted { .. } => unreachable!("experiments never halt"),
+                };
+                let curve = read_curve(&dir.join(METRICS_FILE))?;
+                runs.push(RunResult {
+                    arm: arm.label(),
+                    fraction,
+                    seed,
+                    test_accuracy: summary.test_accuracy,
+                    train_images: summary.train_images,
+                    train_images_per_s: summary.train_images_per_s,
+                    initial_dw_filter_norm: summary.initial_dw_filter_norm,
+                    curve,
+                });
+            }
+        }
+    }
+    let stats = summarise(&runs, arms, fractions);
+    Ok(ExperimentReport {
+        model: template.model.name.clone(),
+        dataset: data.name.clone(),
+        epochs: template.epochs,
+        batch_size: template.batch_size,
+        lr: template.lr,
+        layer_scale_init: template.model.layer_scale_init,
+        seeds: seeds.to_vec(),
+        fractions: fractions.to_vec(),
+        total_seconds: started.elapsed().as_secs_f64(),
+        stats,
+        runs,
+    })
+}
+
+fn read_curve(path: &Path) -> Result<Vec<f64>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).map_err(|e| Error::invalid(path, e.to_string()))?;
+            v["test_accuracy"].as_f64().ok_or_else(|| Error::invalid(path, "a line without test_accuracy"))
+        })
+        .collect()
+}
+
+fn summarise(runs: &[RunResult], arms: &[Arm], fractions: &[f64]) -> Vec<ArmStats> {
+    let mut stats = Vec::new();
+    for &fraction in fractions {
+        let mut trainable_mean = None;
+        for arm in arms {
+            let mine: Vec<&RunResult> =
+                runs.iter().filter(|r| r.fraction == fraction && r.arm == arm.label()).collect();
+            let acc: Vec<f64> = mine.iter().map(|r| r.test_accuracy).collect();
+            let n = acc.len() as f64;
+            let mean = acc.iter().sum::<f64>() / n;
+            let std = if acc.len() > 1 {
+                (acc.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+            } else {
+                0.0
+            };
+            if arm.mode == DwMode::Trainable {
+                trainable_mean = Some(mean);
+            }
+            let epochs = mine.iter().map(|r| r.curve.len()).min().unwrap_or(0);
+            let mean_curve = (0..epochs).map(|e| mine.iter().map(|r| r.curve[e]).sum::<f64>() / n).collect();
+            stats.push(ArmStats {
+                arm: arm.label(),
+                fraction,
+                runs: acc.len(),
+                mean,
+                std,
+                min: acc.iter().copied().fold(f64::INFINITY, f64::min),
+                max: acc.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                vs_trainable: trainable_mean.map_or(f64::NAN, |t| mean - t),
+                mean_curve,
+            });
+        }
+    }
+    stats
+}
+
+/// The results table in Markdown: one row per arm, one column per fraction.
+pub fn markdown(report: &ExperimentReport) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Test accuracy (%) on {}, {} with {} epochs, batch {}, peak lr {}, layer-scale init {}; mean ± sample std over seeds {:?} \
+         (difference to trainable in brackets). {:.0} s in all.\n",
+        report.dataset,
+        report.model,
+        report.epochs,
+        report.batch_size,
+        report.lr,
+        report.layer_scale_init.map_or("none".into(), |v| v.to_string()),
+        report.seeds,
+        report.total_seconds
+    );
+    let mut by_arm: BTreeMap<usize, (String, Vec<&ArmStats>)> = BTreeMap::new();
+    let order: Vec<String> = report.stats.iter().map(|s| s.arm.clone()).fold(Vec::new(), |mut v, a| {
+        if !v.contains(&a) {
+            v.push(a);
+        }
+        v
+    });
+    for s in &report.stats {
+        let i = order.iter().position(|a| *a == s.arm).unwrap();
+        by_arm.entry(i).or_insert_with(|| (s.arm.clone(), Vec::new())).1.push(s);
+    }
+    let _ = write!(md, "| DW filters |");
+    for f in &report.fractions {
+        let _ = write!(md, " {}% of train |", f * 100.0);
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in &report.fractions {
+        let _ = write!(md, "---|");
+    }
+    md.push('\n');
+    for (arm, cells) in by_arm.values() {
+        let _ = write!(md, "| {arm} |");
+        for s in cells {
+            let diff = if s.vs_trainable.is_nan() || s.arm == "trainable" {
+                String::new()
+            } else {
+                format!(" ({:+.2})", 100.0 * s.vs_trainable)
+            };
+            let _ = write!(md, " {:.2} ± {:.2}{diff} |", 100.0 * s.mean, 100.0 * s.std);
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// Learning curves (mean test accuracy per epoch) of every arm at one
+/// fraction, as an SVG line chart.
+pub fn curves_svg(report: &ExperimentReport, fraction: f64) -> String {
+    const COLOURS: [&str; 8] = ["#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
+    let (w, h, margin) = (640.0, 400.0, 50.0);
+    let curves: Vec<&ArmStats> = report.stats.iter().filter(|s| s.fraction == fraction).collect();
+    let epochs = curves.iter().map(|s| s.mean_curve.len()).max().unwrap_or(1).max(2);
+    let lo = curves.iter().flat_map(|s| s.mean_curve.iter().copied()).fold(1.0, f64::min).min(0.9);
+    let x = |e: usize| margin + (w - 2.0 * margin) * e as f64 / (epochs - 1) as f64;
+    let y = |a: f64| h - margin - (h - 2.0 * margin) * (a - lo) / (1.0 - lo).max(1e-9);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{margin}\" y=\"20\">{} on {}, {}% of train: mean test accuracy per epoch</text>\n\
+         <line x1=\"{margin}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <line x1=\"{margin}\" y1=\"{margin}\" x2=\"{margin}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <text x=\"5\" y=\"{}\">{:.0}%</text><text x=\"5\" y=\"{}\">100%</text>\n\
+         <text x=\"{}\" y=\"{}\">epoch {epochs}</text>\n",
+        report.model,
+        report.dataset,
+        fraction * 100.0,
+        h - margin,
+        w - margin,
+        h - margin,
+        h - margin,
+        y(lo),
+        lo * 100.0,
+        y(1.0) + 4.0,
+        w - margin - 40.0,
+        h - margin + 20.0,
+    );
+    for (i, s) in curves.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let points: Vec<String> =
+            s.mean_curve.iter().enumerate().map(|(e, &a)| format!("{:.1},{:.1}", x(e), y(a))).collect();
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+            points.join(" ")
+        );
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" fill=\"{colour}\">{}</text>",
+            w - margin - 170.0,
+            h - margin - 20.0 - 15.0 * i as f64,
+            s.arm
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Writes `results.md`, `results.json` and one `curves-<fraction>.svg` per fraction.
+pub fn write_report(report: &ExperimentReport, out: &Path) -> Result<()> {
+    atomic::write_file(&out.join("results.md"), markdown(report).as_bytes())?;
+    let json = serde_json::to_vec_pretty(report).map_err(|e| Error::Other(e.to_string()))?;
+    atomic::write_file(&out.join("results.json"), &json)?;
+    for &f in &report.fractions {
+        atomic::write_file(&out.join(format!("curves-{f}.svg")), curves_svg(report, f).as_bytes())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{tiny_config, tiny_data, Ad};
+    use crate::train::Quiet;
+
+    #[test]
+    fn an_experiment_trains_each_arm_reads_finished_runs_back_and_reports() {
+        let data = tiny_data(90);
+        let template = TrainConfig { epochs: 2, ..tiny_config(DwMode::Trainable, AssignmentKind::RoundRobin) };
+        let arms = [
+            Arm { mode: DwMode::Trainable, assignment: AssignmentKind::RoundRobin },
+            Arm { mode: DwMode::Frozen, assignment: AssignmentKind::FromCheckpoint },
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let report =
+            run_experiment::<Ad>(&template, &data, &arms, &[0.5, 1.0], &[1, 2], dir.path(), &mut Quiet).unwrap();
+        assert_eq!(report.runs.len(), 8);
+        assert!(report.runs.iter().all(|r| r.curve.len() == 2));
+        assert_eq!(report.runs.iter().filter(|r| r.fraction == 0.5).map(|r| r.train_images).max(), Some(45));
+        let frozen = report.stats.iter().find(|s| s.arm == "frozen (from-checkpoint)" && s.fraction == 1.0).unwrap();
+        assert_eq!(frozen.runs, 2);
+        let trainable = report.stats.iter().find(|s| s.arm == "trainable" && s.fraction == 1.0).unwrap();
+        assert!((frozen.vs_trainable - (frozen.mean - trainable.mean)).abs() < 1e-12);
+
+        // A second call finds every run finished and only reads it back.
+        let again =
+            run_experiment::<Ad>(&template, &data, &arms, &[0.5, 1.0], &[1, 2], dir.path(), &mut Quiet).unwrap();
+        assert_eq!(
+            again.runs.iter().map(|r| r.test_accuracy).collect::<Vec<_>>(),
+            report.runs.iter().map(|r| r.test_accuracy).collect::<Vec<_>>()
+        );
+        assert!(again.total_seconds < report.total_seconds);
+
+        write_report(&report, dir.path()).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();
+        assert!(md.contains("| DW filters | 50% of train | 100% of train |"), "{md}");
+        assert!(md.lines().any(|l| l.starts_with("| frozen (from-checkpoint) |") && l.contains(" ± ")), "{md}");
+        let svg = std::fs::read_to_string(dir.path().join("curves-1.svg")).unwrap();
+        assert_eq!(svg.matches("<polyline").count(), 2);
+    }
+}

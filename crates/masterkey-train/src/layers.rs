@@ -1,0 +1,153 @@
+//! Small layers whose weights are drawn from the caller's [`SplitMix`], so
+//! that a model is a function of its seed (see `rng.rs`). Shapes follow
+//! PyTorch for convs (`[out, in/groups, kh, kw]`); linear weights are
+//! `[in, out]`, the layout burn's `linear` multiplies by.
+
+use burn::module::{Module, Param, ParamId};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{conv2d, linear};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::rng::SplitMix;
+
+/// A trainable parameter holding `values`.
+pub fn param<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+/// A parameter that never receives a gradient: recorded in checkpoints, but
+/// skipped by autodiff and therefore by the optimizer.
+pub fn frozen<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::initialized(ParamId::new(), Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+pub fn filled<B: Backend, const D: usize>(value: f32, shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
+    param(vec![value; shape.iter().product()], shape, device)
+}
+
+/// How weights of a layer are drawn.
+#[derive(Debug, Clone, Copy)]
+pub enum WeightInit {
+    /// timm's `trunc_normal_(std)`, as ConvNeXt uses for convs and linears.
+    TruncNormal(f32),
+    /// Kaiming normal with fan-out (torchvision MobileNetV2 convs).
+    KaimingFanOut,
+    /// Normal with this standard deviation (torchvision MobileNetV2 classifier).
+    Normal(f32),
+}
+
+impl WeightInit {
+    pub fn draw(self, n: usize, fan_out: usize, rng: &mut SplitMix) -> Vec<f32> {
+        match self {
+            WeightInit::TruncNormal(std) => (0..n).map(|_| rng.trunc_normal(std)).collect(),
+            WeightInit::KaimingFanOut => {
+                let std = (2.0 / fan_out as f32).sqrt();
+                (0..n).map(|_| rng.normal() * std).collect()
+            }
+            WeightInit::Normal(std) => (0..n).map(|_| rng.normal() * std).collect(),
+        }
+    }
+}
+
+/// `y = x W + b` over the last axis.
+#[derive(Module, Debug)]
+pub struct Dense<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Dense<B> {
+    pub fn new(d_in: usize, d_out: usize, init: WeightInit, rng: &mut SplitMix, device: &B::Device) -> Self {
+        let w = init.draw(d_in * d_out, d_out, rng);
+        Dense { weight: param(w, [d_in, d_out], device), bias: filled(0.0, [d_out], device) }
+    }
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        linear(x, self.weight.val(), Some(self.bias.val()))
+    }
+}
+
+/// A dense (groups = 1) convolution with padding `k/2`.
+#[derive(Module, Debug)]
+pub struct Conv<B: Backend> {
+    pub weight: Param<Tensor<B, 4>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl<B: Backend> Conv<B> {
+    /// `padded`: pad by `k/2` (3x3 stems) or not at all (patchify stems).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padded: bool,
+        bias: bool,
+        init: WeightInit,
+        rng: &mut SplitMix,
+        device: &B::Device,
+    ) -> Self {
+        let w = init.draw(c_out * c_in * kernel * kernel, c_out * kernel * kernel, rng);
+        Conv {
+            weight: param(w, [c_out, c_in, kernel, kernel], device),
+            bias: bias.then(|| filled(0.0, [c_out], device)),
+            stride,
+            padding: if padded { kernel / 2 } else { 0 },
+        }
+    }
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+        conv2d(x, self.weight.val(), self.bias.as_ref().map(Param::val), options)
+    }
+}
+
+/// LayerNorm over the last axis (eps 1e-6 as in ConvNeXt).
+#[derive(Module, Debug)]
+pub struct LastAxisNorm<B: Backend> {
+    pub gamma: Param<Tensor<B, 1>>,
+    pub beta: Param<Tensor<B, 1>>,
+}
+
+const LAYER_NORM_EPS: f64 = 1e-6;
+
+impl<B: Backend> LastAxisNorm<B> {
+    pub fn new(channels: usize, device: &B::Device) -> Self {
+        LastAxisNorm { gamma: filled(1.0, [channels], device), beta: filled(0.0, [channels], device) }
+    }
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let mean = x.clone().mean_dim(D - 1);
+        let centred = x - mean;
+        let var = centred.clone().powi_scalar(2).mean_dim(D - 1);
+        let normed = centred / (var + LAYER_NORM_EPS).sqrt();
+        normed * broadcast_last(self.gamma.val()) + broadcast_last(self.beta.val())
+    }
+    /// On `[N, C, H, W]`: normalises over `C` ("channels first" LayerNorm).
+    pub fn forward_channels_first(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward(x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
+    }
+}
+
+/// `[C]` as `[1, .., 1, C]` for broadcasting over the last axis.
+pub fn broadcast_last<B: Backend, const D: usize>(v: Tensor<B, 1>) -> Tensor<B, D> {
+    let c = v.dims()[0];
+    let mut shape = [1usize; D];
+    shape[D - 1] = c;
+    v.reshape(shape)
+}
+
+/// Global average pooling `[N, C, H, W] -> [N, C]`.
+pub fn global_mean<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
+}

@@ -1,0 +1,32 @@
+//! Training depthwise-separable CNNs whose depthwise filters are trainable,
+//! frozen to a bank of master keys, initialised from it, or frozen random.
+//!
+//! Built on burn 0.21 (the version whose CPU `flex` and `cuda` backends both
+//! build offline). Models are generic over the backend; the CPU backend is
+//! the default and CUDA is the `cuda` cargo feature.
+
+/// The burn this crate is built on, for callers that name backends.
+pub use burn;
+
+pub mod checkpoint;
+pub mod data;
+pub mod dw;
+pub mod experiment;
+pub mod layers;
+pub mod models;
+pub mod optim;
+pub mod rng;
+pub mod train;
+
+#[cfg(test)]
+mod testing;
+
+/// The CPU backend (burn `flex`).
+pub type CpuBackend = burn::backend::Flex;
+/// The CPU backend with autodiff, used for training.
+pub type TrainBackend = burn::backend::Autodiff<CpuBackend>;
+
+#[cfg(feature = "cuda")]
+pub type CudaBackend = burn::backend::Cuda;
+#[cfg(feature = "cuda")]
+pub type CudaTrainBackend = burn::backend::Autodiff<CudaBackend>;

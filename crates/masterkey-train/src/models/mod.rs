@@ -1,0 +1,192 @@
+//! The networks, generic over the backend, all built around [`DwConv`].
+
+pub mod convnext;
+pub mod mobilenetv2;
+pub mod reference;
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::dw::{DwConv, DwLayers, DwPlan};
+use crate::rng::SplitMix;
+
+pub use convnext::ConvNext;
+pub use mobilenetv2::MobileNetV2;
+pub use reference::Reference;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    ConvNext,
+    ConvNextV2,
+    MobileNetV2,
+    Reference,
+}
+
+/// Everything that fixes a network's shape; saved with every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// As given on the command line, e.g. `convnextv2-atto`.
+    pub name: String,
+    pub arch: Arch,
+    /// Blocks per stage (ConvNeXt) or blocks (`depths[0]`, reference model).
+    pub depths: Vec<usize>,
+    /// Channels per stage (ConvNeXt) or width (`dims[0]`, reference model).
+    pub dims: Vec<usize>,
+    /// MobileNetV2 width multiplier.
+    pub width_mult: f32,
+    /// The 28-64 px variant (see each model's documentation).
+    pub small_input: bool,
+    pub in_channels: usize,
+    pub classes: usize,
+    /// Initial layer scale `gamma` (`None`: no layer scale).
+    pub layer_scale_init: Option<f32>,
+    pub dw_kernel: usize,
+}
+
+/// Official ConvNeXt V1 layer-scale init.
+pub const CONVNEXT_LAYER_SCALE_INIT: f32 = 1e-6;
+
+impl ModelSpec {
+    /// Names accepted by [`ModelSpec::named`].
+    pub fn names() -> Vec<String> {
+        let mut names: Vec<String> = convnext::PRESETS
+            .iter()
+            .flat_map(|(size, _, _)| [format!("convnext-{size}"), format!("convnextv2-{size}")])
+            .collect();
+        names.extend(["mobilenetv2".to_string(), "reference".to_string()]);
+        names
+    }
+
+    /// The official configuration of `name`: ConvNeXt V1 with layer scale
+    /// 1e-6, V2 without (GRN instead), DW kernels 7x7 (MobileNetV2: 3x3);
+    /// the reference model at width 64 with 4 blocks.
+    pub fn named(name: &str, in_channels: usize, classes: usize, small_input: bool) -> Result<Self, String> {
+        let base = |arch, depths: &[usize], dims: &[usize], layer_scale_init, dw_kernel| ModelSpec {
+            name: name.to_string(),
+            arch,
+            depths: depths.to_vec(),
+            dims: dims.to_vec(),
+            width_mult: 1.0,
+            small_input,
+            in_channels,
+            classes,
+            layer_scale_init,
+            dw_kernel,
+        };
+        if let Some((family, size)) = name.split_once('-') {
+            if let Some((_, depths, dims)) = convnext::PRESETS.iter().find(|p| p.0 == size) {
+                match family {
+                    "convnext" => return Ok(base(Arch::ConvNext, depths, dims, Some(CONVNEXT_LAYER_SCALE_INIT), 7)),
+                    "convnextv2" => return Ok(base(Arch::ConvNextV2, depths, dims, None, 7)),
+                    _ => {}
+                }
+            }
+        }
+        match name {
+            "mobilenetv2" => Ok(base(Arch::MobileNetV2, &[], &[], None, 3)),
+            "reference" => Ok(base(Arch::Reference, &[4], &[64], None, 7)),
+            _ => Err(format!("unknown model `{name}`; known: {}", Self::names().join(", "))),
+        }
+    }
+}
+
+/// Any of the networks. Variants differ in size, but a network is built
+/// once per run and moved, never stored in bulk, so boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Network<B: Backend> {
+    ConvNext(ConvNext<B>),
+    MobileNetV2(MobileNetV2<B>),
+    Reference(Reference<B>),
+}
+
+impl<B: Backend> Network<B> {
+    /// Builds `spec` with weights drawn from `seed`.
+    pub fn new(spec: &ModelSpec, plan: &DwPlan, seed: u64, device: &B::Device) -> Self {
+        let mut rng = SplitMix::new(seed);
+        match spec.arch {
+            Arch::ConvNext => Network::ConvNext(ConvNext::new(spec, false, plan, &mut rng, device)),
+            Arch::ConvNextV2 => Network::ConvNext(ConvNext::new(spec, true, plan, &mut rng, device)),
+            Arch::MobileNetV2 => Network::MobileNetV2(MobileNetV2::new(spec, plan, &mut rng, device)),
+            Arch::Reference => Network::Reference(Reference::new(spec, plan, &mut rng, device)),
+        }
+    }
+
+    /// `[N, C, H, W]` images to `[N, classes]` logits.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        match self {
+            Network::ConvNext(m) => m.forward(x),
+            Network::MobileNetV2(m) => m.forward(x),
+            Network::Reference(m) => m.forward(x),
+        }
+    }
+}
+
+impl<B: Backend> DwLayers<B> for Network<B> {
+    fn dw_layers(&self) -> Vec<&DwConv<B>> {
+        match self {
+            Network::ConvNext(m) => m.dw_layers(),
+            Network::MobileNetV2(m) => m.dw_layers(),
+            Network::Reference(m) => m.dw_layers(),
+        }
+    }
+
+    fn map_dw(self, f: &mut dyn FnMut(usize, DwConv<B>) -> DwConv<B>) -> Self {
+        match self {
+            Network::ConvNext(m) => Network::ConvNext(m.map_dw(f)),
+            Network::MobileNetV2(m) => Network::MobileNetV2(m.map_dw(f)),
+            Network::Reference(m) => Network::Reference(m.map_dw(f)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dw::DwMode;
+    use crate::testing::Cpu;
+    use masterkey_core::Bank;
+
+    #[test]
+    fn presets_have_the_official_parameter_counts() {
+        let device = Default::default();
+        let plan = DwPlan::trainable(Bank::published8());
+        let count = |name| {
+            Network::<Cpu>::new(&ModelSpec::named(name, 3, 1000, false).unwrap(), &plan, 0, &device).num_params()
+        };
+        // timm: convnext_atto 3.70M, convnextv2_atto 3.71M.
+        for (name, millions) in [("convnext-atto", 3.70), ("convnextv2-atto", 3.71)] {
+            let m = count(name) as f64 / 1e6;
+            assert!((m - millions).abs() < 0.01, "{name}: {m:.3}M parameters");
+        }
+        // torchvision mobilenet_v2: 3,504,872, plus the DW biases kept here
+        // (7,136) and BatchNorm running mean and variance, which burn counts
+        // as parameters (2 x 17,056 channels).
+        assert_eq!(count("mobilenetv2"), 3_504_872 + 7_136 + 34_112);
+        assert!(ModelSpec::named("convnext-huge", 3, 10, false).unwrap_err().contains("convnextv2-tiny"));
+    }
+
+    #[test]
+    fn every_model_maps_small_and_large_images_to_logits_in_every_mode() {
+        let device = Default::default();
+        for mode in [DwMode::Trainable, DwMode::Frozen, DwMode::RandomFrozen] {
+            let plan = DwPlan { mode, ..DwPlan::trainable(Bank::published8()) };
+            for (name, small, size) in
+                [("convnextv2-atto", true, 28), ("mobilenetv2", true, 32), ("convnext-atto", false, 64)]
+            {
+                let mut spec = ModelSpec::named(name, 1, 10, small).unwrap();
+                if spec.arch == Arch::MobileNetV2 {
+                    spec.width_mult = 0.35;
+                }
+                let net = Network::<Cpu>::new(&spec, &plan, 1, &device);
+                let x = Tensor::<Cpu, 4>::zeros([2, 1, size, size], &device);
+                let out = net.forward(x);
+                assert_eq!(out.dims(), [2, 10], "{name}");
+                assert!(net.dw_layers().iter().all(|l| l.is_frozen() == (mode != DwMode::Trainable)));
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The reference model of the project's CPU training benchmarks (REFERENCE
+//! §5): stem `Conv2d(in, W, 3x3, pad 1)`; `B` blocks at `W` channels, each
+//! `x + Linear(4W->W)(GELU(Linear(W->4W)(LayerNorm(DWConv7x7(x)))))` (DW conv
+//! with bias, LayerNorm over channels); global mean pool; `Linear(W->classes)`.
+//! The benchmark's model is `W = 64`, `B = 4`; tests use smaller ones. Weights
+//! are drawn as ConvNeXt draws them (`trunc_normal_(0.02)`).
+
+use burn::module::Module;
+use burn::tensor::activation::gelu;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use crate::dw::{DwConv, DwLayers, DwPlan};
+use crate::layers::{global_mean, Conv, Dense, LastAxisNorm, WeightInit};
+use crate::models::ModelSpec;
+use crate::rng::SplitMix;
+
+const INIT: WeightInit = WeightInit::TruncNormal(0.02);
+
+#[derive(Module, Debug)]
+pub struct ReferenceBlock<B: Backend> {
+    pub dw: DwConv<B>,
+    pub norm: LastAxisNorm<B>,
+    pub expand: Dense<B>,
+    pub project: Dense<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Reference<B: Backend> {
+    pub stem: Conv<B>,
+    pub blocks: Vec<ReferenceBlock<B>>,
+    pub head: Dense<B>,
+}
+
+impl<B: Backend> Reference<B> {
+    /// Width `spec.dims[0]`, `spec.depths[0]` blocks.
+    pub fn new(spec: &ModelSpec, plan: &DwPlan, rng: &mut SplitMix, device: &B::Device) -> Self {
+        let w = spec.dims[0];
+        let stem = Conv::new(spec.in_channels, w, 3, 1, true, true, INIT, rng, device);
+        let blocks = (0..spec.depths[0])
+            .map(|i| ReferenceBlock {
+                dw: plan.build(i, w, spec.dw_kernel, 1, INIT, rng, device),
+                norm: LastAxisNorm::new(w, device),
+                expand: Dense::new(w, 4 * w, INIT, rng, device),
+                project: Dense::new(4 * w, w, INIT, rng, device),
+            })
+            .collect();
+        Reference { stem, blocks, head: Dense::new(w, spec.classes, INIT, rng, device) }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let mut x = self.stem.forward(x);
+        for b in &self.blocks {
+            let y = b.dw.forward(x.clone()).permute([0, 2, 3, 1]);
+            let y = b.project.forward(gelu(b.expand.forward(b.norm.forward(y))));
+            x = x + y.permute([0, 3, 1, 2]);
+        }
+        self.head.forward(global_mean(x))
+    }
+}
+
+impl<B: Backend> DwLayers<B> for Reference<B> {
+    fn dw_layers(&self) -> Vec<&DwConv<B>> {
+        self.blocks.iter().map(|b| &b.dw).collect()
+    }
+
+    fn map_dw(mut self, f: &mut dyn FnMut(usize, DwConv<B>) -> DwConv<B>) -> Self {
+        self.blocks = std::mem::take(&mut self.blocks)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut block)| {
+                block.dw = f(i, block.dw);
+                block
+            })
+            .collect();
+        self
+    }
+}

@@ -1,0 +1,531 @@
+//! The training loop: AdamW (no decay on vectors), warm-up + cosine, label
+//! smoothing, a checkpoint after every epoch, exact resume.
+//!
+//! A run is a function of its configuration: weights, subset, shuffles and
+//! augmentations are drawn from seeded streams, and the learning rate is a
+//! function of the step. Checkpoints are written at epoch ends; a run killed
+//! anywhere (mid-epoch included) and resumed redoes the interrupted epoch
+//! from its start and ends with the same weights as an uninterrupted run.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use masterkey_core::{atomic, Bank, Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, RunState};
+use crate::data::loader::{epoch_order, for_each_batch, Augment, Batch};
+use crate::data::{stratified_subset, DataSpec, Dataset, Split};
+use crate::dw::{
+    key_usage, mean_filter_norm, snap_keys, AssignmentKind, ChannelKey, DwLayers, DwMode, DwPlan, KeyChoice,
+};
+use crate::models::{ModelSpec, Network};
+use crate::optim::{AdamWNoDecayOnVectors, Schedule};
+
+/// How the DW layers are set up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DwSettings {
+    pub mode: DwMode,
+    /// A built-in bank name or a bank file.
+    pub bank: String,
+    pub assignment: AssignmentKind,
+    /// Learn the per-channel scale `a` of frozen filters.
+    pub learn_scale: bool,
+    /// Rescale every initial DW filter to this L2 norm.
+    pub init_norm: Option<f32>,
+    /// `fit-and-freeze`: epochs trained trainable before the snap.
+    pub freeze_after: usize,
+    /// `from-checkpoint`: the trained checkpoint whose DW filters are fitted.
+    pub source_checkpoint: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub model: ModelSpec,
+    pub data: DataSpec,
+    pub dw: DwSettings,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub weight_decay: f32,
+    pub warmup_epochs: f64,
+    pub label_smoothing: f32,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Other(m));
+        let (mode, assignment) = (self.dw.mode, self.dw.assignment);
+        if self.epochs == 0 || self.batch_size == 0 {
+            return bad("epochs and batch size must be positive".into());
+        }
+        if !(self.data.fraction > 0.0 && self.data.fraction <= 1.0) {
+            return bad(format!("the training fraction must be in (0, 1], got {}", self.data.fraction));
+        }
+        if mode == DwMode::BankInit && !matches!(assignment, AssignmentKind::RoundRobin | AssignmentKind::Random) {
+            return bad(format!("bank-init takes the round-robin or random assignment, not {assignment}"));
+        }
+        if mode == DwMode::Frozen && assignment == AssignmentKind::FitAndFreeze {
+            let f = self.dw.freeze_after;
+            if f == 0 || f >= self.epochs {
+                return bad(format!("fit-and-freeze needs 0 < --freeze-after ({f}) < --epochs ({})", self.epochs));
+            }
+        }
+        if mode == DwMode::Frozen && assignment == AssignmentKind::FromCheckpoint && self.dw.source_checkpoint.is_none()
+        {
+            return bad("the from-checkpoint assignment needs a source checkpoint (--source-checkpoint)".into());
+        }
+        Ok(())
+    }
+
+    /// The assignment actually used: `n/a` where the mode has none.
+    pub fn assignment_label(&self) -> String {
+        match self.dw.mode {
+            DwMode::Trainable | DwMode::RandomFrozen => "n/a".into(),
+            _ => self.dw.assignment.to_string(),
+        }
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// From 1.
+    pub epoch: usize,
+    pub step: u64,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    pub train_images_per_s: f64,
+    pub dw_frozen: bool,
+    pub dw_filter_norm: f32,
+}
+
+/// Progress within an epoch, for progress bars.
+pub struct StepReport {
+    /// From 1.
+    pub batch: usize,
+    pub batches: usize,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub images_per_s: f64,
+}
+
+/// Receives progress; every method defaults to doing nothing.
+pub trait Observer {
+    fn epoch_started(&mut self, _epoch: usize, _epochs: usize, _batches: usize) {}
+    fn step(&mut self, _report: &StepReport) {}
+    fn epoch_finished(&mut self, _metrics: &EpochMetrics) {}
+    fn note(&mut self, _message: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from the checkpoint in the output folder.
+    pub resume: bool,
+    /// Stop abruptly after this many optimizer steps in total, writing
+    /// nothing more, as a killed process would (to test `resume`).
+    pub halt_after_steps: Option<u64>,
+}
+
+/// The result of a finished run (the `--json` object).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub test_accuracy: f64,
+    pub test_loss: f64,
+    pub train_images_per_s: f64,
+    pub model: String,
+    pub dataset: String,
+    pub train_fraction: f64,
+    pub train_images: usize,
+    pub epochs: usize,
+    pub steps: u64,
+    pub seed: u64,
+    pub mode: DwMode,
+    pub bank: String,
+    pub assignment: String,
+    pub learn_scale: bool,
+    pub layer_scale_init: Option<f32>,
+    pub initial_dw_filter_norm: f32,
+    pub final_dw_filter_norm: f32,
+    /// Channels per bank key, once bank-frozen.
+    pub key_usage: Option<Vec<usize>>,
+    pub backend: String,
+    pub checkpoint: String,
+    pub metrics_log: String,
+}
+
+pub enum Outcome {
+    Finished(Box<Summary>),
+    Halted { step: u64 },
+}
+
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// The DW plan of `config`, given the assignment once frozen to the bank.
+pub fn dw_plan(config: &TrainConfig, bank: &Bank, assignment: Option<&Vec<Vec<ChannelKey>>>) -> DwPlan {
+    let dw = &config.dw;
+    let keys = match (assignment, dw.assignment) {
+        (Some(given), _) => KeyChoice::Given(given.clone()),
+        (None, AssignmentKind::Random) => KeyChoice::Random { seed: config.seed },
+        (None, _) => KeyChoice::RoundRobin,
+    };
+    let mode = match (dw.mode, assignment) {
+        // fit-and-freeze trains the usual layer until the snap.
+        (DwMode::Frozen, None) if dw.assignment == AssignmentKind::FitAndFreeze => DwMode::Trainable,
+        (mode, _) => mode,
+    };
+    DwPlan { mode, bank: bank.clone(), keys, learn_scale: dw.learn_scale, init_norm: dw.init_norm }
+}
+
+/// Key, `a`, `b` of every channel of the DW layers of a trained checkpoint.
+fn fit_source_checkpoint(source: &Path, plan: &DwPlan) -> Result<Vec<Vec<ChannelKey>>> {
+    let device = Default::default();
+    let state = checkpoint::load_state(source)?;
+    let bank = Bank::resolve(&state.config.dw.bank)?;
+    let their_plan = dw_plan(&state.config, &bank, state.assignment.as_ref());
+    let model = Network::<crate::CpuBackend>::new(&state.config.model, &their_plan, state.config.seed, &device);
+    let model = checkpoint::load_model(source, model, &device)?;
+    Ok(model.dw_layers().iter().map(|l| snap_keys(&l.filter_values(), l.kernel, plan)).collect())
+}
+
+fn check_same_layers<B: Backend>(model: &Network<B>, assignment: &[Vec<ChannelKey>], source: &Path) -> Result<()> {
+    let ours: Vec<usize> = model.dw_layers().iter().map(|l| l.channels()).collect();
+    let theirs: Vec<usize> = assignment.iter().map(Vec::len).collect();
+    if ours != theirs {
+        return Err(Error::invalid(
+            source,
+            format!("expected DW layers of {ours:?} channels like this model, found {theirs:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn labels_tensor<B: Backend>(labels: Vec<i64>, device: &B::Device) -> Tensor<B, 1, Int> {
+    let n = labels.len();
+    Tensor::from_data(TensorData::new(labels, [n]), device)
+}
+
+fn images_tensor<B: Backend>(batch: Batch, shape: [usize; 3], device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+    let n = batch.len();
+    let x = Tensor::from_data(TensorData::new(batch.images, [n, shape[0], shape[1], shape[2]]), device);
+    (x, labels_tensor(batch.labels, device))
+}
+
+/// Cross-entropy against targets smoothed by `eps` (mass `eps` spread
+/// uniformly over all classes).
+fn smoothed_cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>, eps: f32) -> Tensor<B, 1> {
+    let classes = logits.dims()[1];
+    let log_p = log_softmax(logits, 1);
+    let target = labels.one_hot::<2>(classes).float() * (1.0 - eps) + eps / classes as f32;
+    (log_p * target).sum_dim(1).mean().neg()
+}
+
+fn correct<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> usize {
+    let n = labels.dims()[0];
+    let pred = logits.argmax(1).reshape([n]);
+    pred.equal(labels).int().sum().into_data().iter::<i64>().next().unwrap_or(0) as usize
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_data().iter::<f64>().next().expect("a scalar")
+}
+
+/// Test loss (plain cross-entropy) and accuracy.
+pub fn evaluate<B: Backend>(
+    model: &Network<B>,
+    data: &Dataset,
+    split: &Split,
+    batch_size: usize,
+) -> Result<(f64, f64)> {
+    let device = Default::default();
+    let order: Vec<usize> = (0..split.len()).collect();
+    let (mut loss_sum, mut hits) = (0.0, 0usize);
+    for_each_batch(data, split, &order, batch_size, None, |batch| {
+        let n = batch.len();
+        let (x, y) = images_tensor::<B>(batch, data.shape, &device);
+        let logits = model.forward(x);
+        hits += correct(logits.clone(), y.clone());
+        loss_sum += scalar(smoothed_cross_entropy(logits, y, 0.0)) * n as f64;
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok((loss_sum / split.len() as f64, hits as f64 / split.len() as f64))
+}
+
+fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<()> {
+    let mut text = String::new();
+    for m in history {
+        text.push_str(&serde_json::to_string(m).map_err(|e| Error::Other(e.to_string()))?);
+        text.push('\n');
+    }
+    atomic::write_file(path, text.as_bytes())
+}
+
+/// Trains `config` on `data`, writing checkpoints and metrics under `out`.
+pub fn train<B: AutodiffBackend>(
+    config: &TrainConfig,
+    data: &Dataset,
+    out: &Path,
+    options: &RunOptions,
+    observer: &mut dyn Observer,
+) -> Result<Outcome> {
+    config.check()?;
+    let device = B::Device::default();
+    let ckpt = out.join(CHECKPOINT_DIR);
+    let bank = Bank::resolve(&config.dw.bank)?;
+    let new_optimizer = || AdamWNoDecayOnVectors::new(config.weight_decay).init::<B>();
+
+    let (mut model, mut optimizer, mut state) = if options.resume && ckpt.is_dir() {
+        let state = checkpoint::load_state(&ckpt)?;
+        if state.config != *config {
+            return Err(Error::invalid(
+                ckpt.join(checkpoint::STATE_FILE),
+                "the checkpoint was written with other settings; resume with the same ones",
+            ));
+        }
+        let plan = dw_plan(config, &bank, state.assignment.as_ref());
+        let model =
+            checkpoint::load_model(&ckpt, Network::<B>::new(&config.model, &plan, config.seed, &device), &device)?;
+        let optimizer = checkpoint::load_optimizer(&ckpt, new_optimizer(), &device)?;
+        observer.note(&format!("resuming after epoch {} (step {})", state.epochs_done, state.step));
+        (model, optimizer, state)
+    } else {
+        if ckpt.exists() {
+            return Err(Error::invalid(
+                &ckpt,
+                "already holds a checkpoint: pass --resume to continue it, or choose another output folder",
+            ));
+        }
+        let given = match (config.dw.mode, config.dw.assignment, &config.dw.source_checkpoint) {
+            (DwMode::Frozen, AssignmentKind::FromCheckpoint, Some(source)) => {
+                Some(fit_source_checkpoint(source, &dw_plan(config, &bank, None))?)
+            }
+            _ => None,
+        };
+        let plan = dw_plan(config, &bank, given.as_ref());
+        let model = Network::<B>::new(&config.model, &plan, config.seed, &device);
+        if let (Some(given), Some(source)) = (&given, &config.dw.source_checkpoint) {
+            check_same_layers(&model, given, source)?;
+        }
+        let assignment = (plan.mode == DwMode::Frozen)
+            .then(|| model.dw_layers().iter().map(|l| snap_keys(&l.filter_values(), l.kernel, &plan)).collect());
+        let norm = mean_filter_norm(&model.dw_layers());
+        (model, new_optimizer(), RunState::new(config.clone(), assignment, norm))
+    };
+
+    let train_indices = stratified_subset(data.train.labels(), config.data.fraction, config.data.subset_seed);
+    let batches = train_indices.len().div_ceil(config.batch_size);
+    let schedule = Schedule {
+        peak: config.lr,
+        floor: config.min_lr,
+        warmup: (config.warmup_epochs * batches as f64).round() as u64,
+        total: (config.epochs * batches) as u64,
+    };
+
+    for epoch in state.epochs_done..config.epochs {
+        let fit_and_freeze = config.dw.mode == DwMode::Frozen && config.dw.assignment == AssignmentKind::FitAndFreeze;
+        if fit_and_freeze && epoch == config.dw.freeze_after && state.assignment.is_none() {
+            let plan = DwPlan { mode: DwMode::Frozen, ..dw_plan(config, &bank, None) };
+            let (frozen, assignment) = model.freeze_to_bank(&plan, &device);
+            model = frozen;
+            state.assignment = Some(assignment);
+            observer.note(&format!("epoch {}: DW filters snapped to their best keys and frozen", epoch + 1));
+        }
+        observer.epoch_started(epoch + 1, config.epochs, batches);
+        let order = epoch_order(&train_indices, config.seed, epoch);
+        let (mut loss_sum, mut hits, mut seen) = (0.0f64, 0usize, 0usize);
+        let started = Instant::now();
+        let mut halted = false;
+        let mut lr = schedule.lr(state.step);
+        let augment = config.data.augment.then_some(Augment { seed: config.seed, epoch });
+        for_each_batch(data, &data.train, &order, config.batch_size, augment, |batch| {
+            let n = batch.len();
+            let (x, y) = images_tensor::<B>(batch, data.shape, &device);
+            let logits = model.forward(x);
+            let loss = smoothed_cross_entropy(logits.clone(), y.clone(), config.label_smoothing);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            lr = schedule.lr(state.step);
+            model = optimizer.step(lr, model.clone(), grads);
+            state.step += 1;
+            loss_sum += scalar(loss.inner()) * n as f64;
+            hits += correct(logits.inner(), y.inner());
+            seen += n;
+            observer.step(&StepReport {
+                batch: seen.div_ceil(config.batch_size),
+                batches,
+                loss: loss_sum / seen as f64,
+                accuracy: hits as f64 / seen as f64,
+                images_per_s: seen as f64 / started.elapsed().as_secs_f64(),
+            });
+            if options.halt_after_steps == Some(state.step) {
+                halted = true;
+                return Ok(ControlFlow::Break(()));
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        if halted {
+            return Ok(Outcome::Halted { step: state.step });
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        state.train_seconds += seconds;
+        state.train_images += seen as u64;
+        let valid = model.valid();
+        let (test_loss, test_accuracy) = evaluate(&valid, data, &data.test, config.batch_size)?;
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            step: state.step,
+            lr,
+            train_loss: loss_sum / seen as f64,
+            train_accuracy: hits as f64 / seen as f64,
+            test_loss,
+            test_accuracy,
+            train_images_per_s: seen as f64 / seconds,
+            dw_frozen: valid.dw_layers().iter().all(|l| l.is_frozen()),
+            dw_filter_norm: mean_filter_norm(&valid.dw_layers()),
+        };
+        state.history.push(metrics.clone());
+        state.epochs_done = epoch + 1;
+        checkpoint::save(&ckpt, &state, &model, &optimizer)?;
+        write_metrics(&out.join(METRICS_FILE), &state.history)?;
+        observer.epoch_finished(&metrics);
+    }
+
+    let last = state.history.last().expect("at least one epoch ran");
+    Ok(Outcome::Finished(Box::new(Summary {
+        test_accuracy: last.test_accuracy,
+        test_loss: last.test_loss,
+        train_images_per_s: state.train_images as f64 / state.train_seconds.max(1e-9),
+        model: config.model.name.clone(),
+        dataset: data.name.clone(),
+        train_fraction: config.data.fraction,
+        train_images: train_indices.len(),
+        epochs: config.epochs,
+        steps: state.step,
+        seed: config.seed,
+        mode: config.dw.mode,
+        bank: bank.name.clone(),
+        assignment: config.assignment_label(),
+        learn_scale: config.dw.learn_scale,
+        layer_scale_init: config.model.layer_scale_init,
+        initial_dw_filter_norm: state.initial_dw_norm,
+        final_dw_filter_norm: last.dw_filter_norm,
+        key_usage: state.assignment.as_ref().map(|a| key_usage(a, bank.len())),
+        backend: B::name(&device),
+        checkpoint: ckpt.display().to_string(),
+        metrics_log: out.join(METRICS_FILE).display().to_string(),
+    })))
+}
+
+/// Loads a checkpoint's model (on the inference backend `B`) and state.
+pub fn load_trained<B: Backend>(dir: &Path) -> Result<(Network<B>, RunState)> {
+    let device = Default::default();
+    let state = checkpoint::load_state(dir)?;
+    let bank = Bank::resolve(&state.config.dw.bank)?;
+    let plan = dw_plan(&state.config, &bank, state.assignment.as_ref());
+    let model = Network::<B>::new(&state.config.model, &plan, state.config.seed, &device);
+    Ok((checkpoint::load_model(dir, model, &device)?, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{tiny_config, tiny_data, Ad};
+    use burn::module::{Module, ModuleVisitor, Param};
+
+    /// Every float parameter's values, in module order.
+    struct Values(Vec<Vec<f32>>);
+    impl<B: Backend> ModuleVisitor<B> for Values {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.val().into_data().iter::<f32>().collect());
+        }
+    }
+    fn weights(dir: &Path) -> Vec<Vec<f32>> {
+        let (model, _) = load_trained::<crate::CpuBackend>(&dir.join(CHECKPOINT_DIR)).unwrap();
+        let mut v = Values(Vec::new());
+        model.visit(&mut v);
+        v.0
+    }
+
+    fn finish(outcome: Outcome) -> Summary {
+        match outcome {
+            Outcome::Finished(s) => *s,
+            Outcome::Halted { step } => panic!("halted at step {step}"),
+        }
+    }
+
+    #[test]
+    fn a_tiny_run_learns_and_frozen_keys_stay_put() {
+        let data = tiny_data(360);
+        for mode in [DwMode::Trainable, DwMode::Frozen] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = tiny_config(mode, AssignmentKind::RoundRobin);
+            let summary = finish(train::<Ad>(&config, &data, dir.path(), &RunOptions::default(), &mut Quiet).unwrap());
+            // 9 classes: chance is 11%.
+            assert!(summary.test_accuracy > 0.6, "{mode}: test accuracy {}", summary.test_accuracy);
+            assert!(summary.train_images_per_s > 0.0 && summary.steps == 6 * 23);
+            let history: Vec<EpochMetrics> = std::fs::read_to_string(dir.path().join(METRICS_FILE))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(history.len(), 6);
+            if mode == DwMode::Frozen {
+                let (model, _) = load_trained::<crate::CpuBackend>(&dir.path().join(CHECKPOINT_DIR)).unwrap();
+                let dw = model.dw_layers()[0];
+                let bases = dw.filter.val().into_data().iter::<f32>().collect::<Vec<_>>();
+                assert_eq!(&bases[..49], Bank::published8().key(0), "bank weights changed");
+                assert!(dw.offset.as_ref().unwrap().val().into_data().iter::<f32>().any(|b| b != 0.0));
+                assert_eq!(summary.key_usage, Some(vec![2; 8]), "16 channels, round-robin over 8 keys");
+                assert!((summary.initial_dw_filter_norm - 1.0).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_halted_mid_epoch_and_resumed_ends_with_the_same_weights() {
+        // fit-and-freeze snaps after epoch 1, so the halt in epoch 3 also
+        // checks that the frozen structure is rebuilt on resume.
+        let data = tiny_data(180);
+        let mut config = TrainConfig { epochs: 3, ..tiny_config(DwMode::Frozen, AssignmentKind::FitAndFreeze) };
+        config.data.augment = true;
+        let whole = tempfile::tempdir().unwrap();
+        let summary = finish(train::<Ad>(&config, &data, whole.path(), &RunOptions::default(), &mut Quiet).unwrap());
+        assert!(summary.key_usage.is_some());
+
+        let cut = tempfile::tempdir().unwrap();
+        // 180 images in batches of 16: 12 steps per epoch; halt in epoch 3.
+        let halt = RunOptions { resume: false, halt_after_steps: Some(2 * 12 + 5) };
+        assert!(matches!(
+            train::<Ad>(&config, &data, cut.path(), &halt, &mut Quiet).unwrap(),
+            Outcome::Halted { step: 29 }
+        ));
+        let state = checkpoint::load_state(&cut.path().join(CHECKPOINT_DIR)).unwrap();
+        assert_eq!((state.epochs_done, state.step), (2, 24));
+        let err = train::<Ad>(&config, &data, cut.path(), &RunOptions::default(), &mut Quiet).err().unwrap();
+        assert!(err.to_string().contains("--resume"), "{err}");
+        let resume = RunOptions { resume: true, halt_after_steps: None };
+        let resumed = finish(train::<Ad>(&config, &data, cut.path(), &resume, &mut Quiet).unwrap());
+
+        assert_eq!(weights(cut.path()), weights(whole.path()), "resumed weights differ");
+        assert_eq!(resumed.test_accuracy, summary.test_accuracy);
+        let mut other = config.clone();
+        other.lr = 0.5;
+        let err = train::<Ad>(&other, &data, cut.path(), &resume, &mut Quiet).err().unwrap();
+        assert!(err.to_string().contains("other settings"), "{err}");
+    }
+}
