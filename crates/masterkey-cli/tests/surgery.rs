@@ -123,6 +123,28 @@ fn sweep_draws_agreement_versus_k_of_found_and_random_banks() {
 }
 
 #[test]
+fn probe_reads_a_folder_of_images() {
+    let dir = tempfile::tempdir().unwrap();
+    for id in ["chelsea", "rocket"] {
+        let photo = masterkey_fetch::ensure(masterkey_fetch::photo(id).unwrap()).unwrap();
+        std::fs::copy(&photo, dir.path().join(photo.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(dir.path().join("notes.txt"), "not an image").unwrap();
+    let v = json_of(&masterkey(&[
+        "probe",
+        "efficientnet-lite0",
+        "--images",
+        dir.path().to_str().unwrap(),
+        "--random",
+        "0",
+        "--json",
+    ]));
+    assert_eq!(v["rows"].as_array().unwrap().len(), 2);
+    assert_eq!((v["rows"][0]["images"].as_u64(), v["rows"][0]["top1"].as_f64()), (Some(2), Some(1.0)));
+    assert!(v["images"].as_str().unwrap().contains("resize 256, centre crop 224"));
+}
+
+#[test]
 fn probe_of_a_model_that_is_not_efficientnet_lite0_names_the_file() {
     let ppocr = masterkey_fetch::ensure(masterkey_fetch::model("ppocr-cls").unwrap()).unwrap();
     let out = masterkey(&["probe", ppocr.to_str().unwrap(), "--views", "1", "--random", "0"]);
