@@ -14,6 +14,7 @@
 //! | `scalespace/fit.json`, `scalespace/keys_vs_models.png` | `demo`, `scalespace fit -o DIR` | Scale-space models of the keys |
 //! | `search/NAME.curve.json`, `search/NAME.png`, `search/NAME.compare.json` | `demo`, `search -o search/NAME.safetensors` | Banks found in the filters |
 //! | `small-data/results.json`, `small-data/curves-*.svg` | `experiment small-data -o RESULTS/small-data` | Frozen versus trainable on small data |
+//! | `train/metrics.jsonl` | `train -o RESULTS/train` | Training run |
 
 mod charts;
 mod html;

@@ -26,6 +26,7 @@ pub fn collect(dir: &Path) -> Result<Vec<Section>> {
     sections.extend(scalespace(dir)?);
     sections.extend(found_banks(dir)?);
     sections.extend(small_data(dir)?);
+    sections.extend(training_run(dir)?);
     Ok(sections)
 }
 
@@ -607,4 +608,72 @@ fn small_data(dir: &Path) -> Result<Option<Section>> {
         ));
     }
     Ok(Some(Section { id: "small-data".into(), title: "Frozen versus trainable on small data".into(), body }))
+}
+
+/// One line of `train/metrics.jsonl` as `masterkey train` writes it.
+#[derive(Deserialize)]
+struct EpochMetrics {
+    epoch: usize,
+    train_loss: f64,
+    train_accuracy: f64,
+    test_loss: f64,
+    test_accuracy: f64,
+    train_images_per_s: f64,
+}
+
+fn training_run(dir: &Path) -> Result<Option<Section>> {
+    let path = dir.join("train").join("metrics.jsonl");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let epochs: Vec<EpochMetrics> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::invalid(&path, format!("line {}: {e}", i + 1))))
+        .collect::<Result<_>>()?;
+    if epochs.is_empty() {
+        return Ok(None);
+    }
+    let curve = |name: &str, value: fn(&EpochMetrics) -> f64| Series {
+        name: name.into(),
+        points: epochs.iter().map(|m| (m.epoch as f64, value(m))).collect(),
+        markers: false,
+    };
+    let last_epoch = epochs.last().map_or(1, |m| m.epoch) as f64;
+    let accuracy = charts::line_chart(
+        "Accuracy per epoch",
+        &Axes {
+            x_desc: "epoch",
+            y_desc: "accuracy (%)",
+            x_range: 0.5..last_epoch + 0.5,
+            y_range: 0.0..100.0,
+            legend: SeriesLabelPosition::LowerRight,
+        },
+        &[curve("test", |m| 100.0 * m.test_accuracy), curve("train", |m| 100.0 * m.train_accuracy)],
+    );
+    let max_loss = epochs.iter().map(|m| m.train_loss.max(m.test_loss)).fold(0.0f64, f64::max).max(1e-9);
+    let loss = charts::line_chart(
+        "Loss per epoch",
+        &Axes {
+            x_desc: "epoch",
+            y_desc: "loss",
+            x_range: 0.5..last_epoch + 0.5,
+            y_range: 0.0..max_loss * 1.05,
+            legend: SeriesLabelPosition::UpperRight,
+        },
+        &[curve("test", |m| m.test_loss), curve("train", |m| m.train_loss)],
+    );
+    let last = epochs.last().expect("not empty");
+    let mut body = format!(
+        "<p>The run in <code>train/</code> (settings in its checkpoint's <code>state.json</code>): {} epochs, final test \
+         accuracy {:.2}%, {:.1} training images/s in its last epoch.</p>",
+        epochs.len(),
+        100.0 * last.test_accuracy,
+        last.train_images_per_s
+    );
+    body.push_str(&figure(&accuracy, "Train and test accuracy after each epoch, from train/metrics.jsonl."));
+    body.push_str(&figure(&loss, "Train and test loss after each epoch, from train/metrics.jsonl."));
+    Ok(Some(Section { id: "training".into(), title: "Training run".into(), body }))
 }

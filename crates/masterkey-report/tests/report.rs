@@ -85,6 +85,16 @@ fn results_folder(dir: &Path) -> FitRecord {
     });
     fs::create_dir_all(dir.join("small-data")).unwrap();
     fs::write(dir.join("small-data/results.json"), experiment.to_string()).unwrap();
+    fs::create_dir_all(dir.join("train")).unwrap();
+    let metrics = [(1, 0.8, 0.61), (2, 0.5, 0.83)]
+        .map(|(epoch, loss, acc)| {
+            serde_json::json!({"epoch": epoch, "step": 10 * epoch, "lr": 0.001, "train_loss": loss, "train_accuracy": acc,
+                "test_loss": loss + 0.1, "test_accuracy": acc - 0.01, "train_images_per_s": 123.4,
+                "dw_frozen": true, "dw_filter_norm": 1.0})
+            .to_string()
+        })
+        .join("\n");
+    fs::write(dir.join("train/metrics.jsonl"), metrics).unwrap();
     fs::write(
         dir.join("small-data/curves-1.svg"),
         "<svg xmlns=\"http://www.w3.org/2000/svg\"><line x1=\"0\" y1=\"0\" x2=\"9\" y2=\"9\"/></svg>",
@@ -107,7 +117,8 @@ fn report_has_its_sections_images_and_numbers() {
             "How the bank explains the filters",
             "Scale-space models of the keys",
             "Banks found in the filters",
-            "Frozen versus trainable on small data"
+            "Frozen versus trainable on small data",
+            "Training run"
         ]
     );
     let html = fs::read_to_string(&out).unwrap();
@@ -125,7 +136,8 @@ fn report_has_its_sections_images_and_numbers() {
         assert!(info.width > 8 * info.height / 2, "{}x{}", info.width, info.height);
     }
     // Charts: coverage curve, one usage-by-depth map per model, coverage versus K.
-    assert_eq!(html.matches("<svg").count(), 5);
+    assert_eq!(html.matches("<svg").count(), 7);
+    assert!(html.contains("final test accuracy 82.00%"));
     assert!(html.contains("<td>frozen/round-robin</td>") && html.contains("<td class=\"num\">72.34</td>"));
     assert!(html.contains("<td class=\"num\">+2.22</td>"));
     assert!(html.contains("mean matched |cos|"));
