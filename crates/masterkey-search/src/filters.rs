@@ -66,3 +66,17 @@ pub fn pick_group(set: &FilterSet, kernel: Option<KernelSize>) -> Result<&SizeGr
             .ok_or_else(|| Error::Other("the set holds no filters".into())),
     }
 }
+
+/// Writes `values` centred and scaled to unit L2 norm into `out` (as f32);
+/// `false`, leaving `out` as it was, if their centred norm is not above `min_norm`.
+pub(crate) fn normalise_f64_into(values: &[f64], out: &mut [f32], min_norm: f64) -> bool {
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let norm = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>().sqrt();
+    if !(norm > min_norm) {
+        return false;
+    }
+    for (o, v) in out.iter_mut().zip(values) {
+        *o = ((v - mean) / norm) as f32;
+    }
+    true
+}

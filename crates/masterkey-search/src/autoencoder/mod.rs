@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use net::{Adam, Net};
 
 use crate::eliminate::{eliminate, Survivors};
-use crate::filters::NormalisedFilters;
+use crate::filters::{normalise_f64_into, NormalisedFilters};
 use crate::scorer::{FitObjective, Scorer};
 use crate::Progress;
 
@@ -221,9 +221,8 @@ fn train(filters: &NormalisedFilters, options: &AutoencoderOptions, progress: &P
 /// The decoder's output at `z`, normalised; `None` if it is constant.
 fn decode_normalised(net: &Net, z: f64) -> Option<Vec<f32>> {
     let y = net.decode(z);
-    let mean = y.iter().sum::<f64>() / y.len() as f64;
-    let norm = y.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>().sqrt();
-    (norm > 1e-9).then(|| y.iter().map(|v| ((v - mean) / norm) as f32).collect())
+    let mut out = vec![0.0; y.len()];
+    normalise_f64_into(&y, &mut out, 1e-9).then_some(out)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@
 use rayon::prelude::*;
 
 use super::{KMeansOptions, KMeansResult, CHUNK};
-use crate::filters::NormalisedFilters;
+use crate::filters::{normalise_f64_into, NormalisedFilters};
 use crate::tap_major::{dot, run_simd, Simd, SimdJob, TapMajorKeys, BLOCK, LANES};
 
 /// No centroid yet (before the first pass).
@@ -268,7 +268,7 @@ fn updated(filters: &NormalisedFilters, old: &[f32], state: &Moves, labels: &[u1
     let mut empty = Vec::new();
     for (c, centroid) in centroids.chunks_exact_mut(taps).enumerate() {
         let sum = &state.sums[c * taps..(c + 1) * taps];
-        if state.counts[c] == 0 || !normalise_f64_into(sum, centroid) {
+        if state.counts[c] == 0 || !normalise_f64_into(sum, centroid, 1e-12) {
             empty.push(c);
         }
     }
@@ -279,20 +279,6 @@ fn updated(filters: &NormalisedFilters, old: &[f32], state: &Moves, labels: &[u1
         }
     }
     centroids
-}
-
-/// Writes `sum` centred and scaled to unit norm into `out`; `false` if it is
-/// (numerically) constant.
-fn normalise_f64_into(sum: &[f64], out: &mut [f32]) -> bool {
-    let mean = sum.iter().sum::<f64>() / sum.len() as f64;
-    let norm = sum.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>().sqrt();
-    if !(norm > 1e-12) {
-        return false;
-    }
-    for (o, v) in out.iter_mut().zip(sum) {
-        *o = ((v - mean) / norm) as f32;
-    }
-    true
 }
 
 /// Indices of the `m` lowest values of `fit`, lowest first (lower index on ties).
