@@ -94,6 +94,16 @@ impl TapMajorKeys {
     }
 }
 
+/// Asks the CPU to start loading `x` into cache.
+#[inline(always)]
+pub(crate) fn prefetch(x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in x.chunks(16) {
+        // SAFETY: prefetching is a hint; it never faults.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+    }
+}
+
 /// `<a, b>` in [`LANES`] partial sums, so the compiler can vectorise it.
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32], m: impl Simd) -> f32 {
@@ -113,119 +123,143 @@ pub(crate) fn dot(a: &[f32], b: &[f32], m: impl Simd) -> f32 {
 pub(crate) trait Simd: Copy {
     fn madd(self, a: f32, b: f32, c: f32) -> f32;
     fn block_dots(self, keys: &TapMajorKeys, xs: [&[f32]; BLOCK], out: &mut [f32]);
-    /// Whether a filter's `|cos|` to every (padded) centroid at an earlier
-    /// pass, `fits` (see [`quantise`]), still prove `own` its best centroid
-    /// now that each has turned by an angle with the cosines and sines in
-    /// `turn` (`padded` of each; see [`SETTLE_MARGIN`]).
-    fn settled(self, fits: &[u16], turn: &[f32], own: usize) -> bool;
-    /// Writes `|dots|` [`quantise`]d into `fits` (both a multiple of [`LANES`]
-    /// long, padding zero) and returns the index of the largest `|dot|` (the
-    /// first on ties).
-    fn best_abs(self, dots: &[f32], fits: &mut [u16]) -> usize;
+    /// Whether a filter's angle bounds to every (padded) centroid at an
+    /// earlier pass, `angles` (see [`Simd::best_abs`]), still prove `own` its
+    /// best centroid now that each centroid's line has turned by `turn`
+    /// (`padded` angles in [`ANGLE_STEP`]s, see [`turn_steps`]).
+    fn settled(self, angles: &[u16], turn: &[u16], own: usize) -> bool;
+    /// Returns the index of the largest `|dot|` (the first on ties) and writes
+    /// into `angles` (both a multiple of [`LANES`] long, padding zero) the
+    /// angle between the filter's line and each centroid's: from above for
+    /// that best one, from below for every other, in [`ANGLE_STEP`]s.
+    fn best_abs(self, dots: &[f32], angles: &mut [u16]) -> usize;
 }
 
-/// `|cos|` kept in 16 bits (at most half a step, 7.7e-6, off), which halves
-/// the bytes the bound check reads on every pass.
-const STEPS: f32 = u16::MAX as f32;
+/// Angles between lines, in [0, pi/2], are kept in 16 bits, in steps of this
+/// many radians: half the bytes of an f32 to read on every pass, and the
+/// bound check becomes saturating integer arithmetic.
+pub(crate) const ANGLE_STEP: f64 = std::f64::consts::FRAC_PI_2 / u16::MAX as f64;
+
+/// How far a computed `|dot|` of a unit filter and a unit centroid can be
+/// from the true `|cos|` (f32 products, both a rounding off unit norm); every
+/// angle bound is widened by it.
+pub(crate) const DOT_MARGIN: f32 = 2e-5;
+
+/// `acos(x)` for `x` in [0, 1] as `sqrt(1 - x)` times a polynomial
+/// (Abramowitz and Stegun 4.4.46, error below 2e-8 rad): in plain f32
+/// arithmetic, so that the AVX2 lanes give the same bits; the callers keep a
+/// whole [`ANGLE_STEP`] (2.4e-5 rad) in hand for its error and rounding.
+const ACOS_POLY: [f32; 8] = [
+    1.570_796_3,
+    -0.214_598_8,
+    0.088_978_99,
+    -0.050_174_3,
+    0.030_891_88,
+    -0.017_088_126,
+    0.006_670_09,
+    -0.001_262_491_1,
+];
 
 #[inline(always)]
-fn quantise(abs_cos: f32) -> u16 {
-    (abs_cos.min(1.0) * STEPS).round_ties_even() as u16
+fn acos_steps(x: f32) -> f32 {
+    let mut p = ACOS_POLY[7];
+    for &a in ACOS_POLY[..7].iter().rev() {
+        p = p * x + a;
+    }
+    (1.0 - x).sqrt() * p * (1.0 / ANGLE_STEP) as f32
 }
 
-/// Widens every bound of [`Simd::settled`], so that rounding (f32 dot
-/// products, filters or centroids a rounding off unit norm, [`quantise`]) can
-/// never make a bound claim more than the arithmetic supports.
-pub(crate) const SETTLE_MARGIN: f32 = 2e-5;
+/// The angle to a line at computed `|dot|` `abs_dot`, from below.
+#[inline(always)]
+fn angle_below(abs_dot: f32) -> u16 {
+    ((acos_steps((abs_dot + DOT_MARGIN).min(1.0)).floor() as i32) - 1).clamp(0, u16::MAX as i32) as u16
+}
+
+/// The angle to a line at computed `|dot|` `abs_dot`, from above.
+#[inline(always)]
+fn angle_above(abs_dot: f32) -> u16 {
+    ((acos_steps((abs_dot - DOT_MARGIN).clamp(0.0, 1.0)).ceil() as i32) + 1).clamp(0, u16::MAX as i32) as u16
+}
+
+/// How far a centroid's line has turned, given the `|cos|` between its old
+/// and new direction (computed in f64), in [`ANGLE_STEP`]s from above.
+pub(crate) fn turn_steps(abs_cos: f64) -> u16 {
+    ((abs_cos.clamp(0.0, 1.0).acos() / ANGLE_STEP).ceil() + 1.0).min(u16::MAX as f64) as u16
+}
 
 /// [`Simd::best_abs`] in plain arithmetic, for any target.
 #[inline(always)]
-fn best_abs_portable(dots: &[f32], fits: &mut [u16]) -> usize {
+fn best_abs_portable(dots: &[f32], angles: &mut [u16]) -> usize {
     let mut best = 0;
-    for (i, (d, f)) in dots.iter().zip(fits.iter_mut()).enumerate() {
-        *f = quantise(d.abs());
+    for (i, (d, a)) in dots.iter().zip(angles.iter_mut()).enumerate() {
+        *a = angle_below(d.abs());
         if d.abs() > dots[best].abs() {
             best = i;
         }
     }
+    angles[best] = angle_above(dots[best].abs());
     best
 }
 
 /// [`Simd::settled`] in plain arithmetic, for any target.
 ///
-/// A filter at angle `a` from the line of a centroid that turns by `t` ends
-/// between `a - t` and `a + t` from it: `|cos|` at least `cos(a + t)` and at
-/// most `cos(max(a - t, 0))`, `cos a * cos t -/+ sin a * sin t`. `sin a` comes
-/// from `|cos|` widened by the margin, which errs on the safe side for both.
+/// Angles between lines obey the triangle inequality: a filter at angle `a`
+/// from the line of a centroid that turns by `t` ends between `a - t` and
+/// `a + t` from it. The own centroid stays best while its bound from above
+/// is below every other's from below.
 #[inline(always)]
-fn settled_portable(fits: &[u16], turn: &[f32], own: usize) -> bool {
-    let (cos, sin) = turn.split_at(fits.len());
-    let turned = |j: usize| {
-        let f = fits[j] as f32 / STEPS;
-        let sin_f = ((1.0 - f * f).max(0.0) + 2.0 * SETTLE_MARGIN).sqrt();
-        (f * cos[j] - sin_f * sin[j], if f >= cos[j] { 1.0 } else { f * cos[j] + sin_f * sin[j] })
-    };
-    let lower = turned(own).0 - SETTLE_MARGIN;
-    (0..fits.len()).all(|j| j == own || turned(j).1 + SETTLE_MARGIN < lower)
+fn settled_portable(angles: &[u16], turn: &[u16], own: usize) -> bool {
+    let own_above = angles[own] as u32 + turn[own] as u32;
+    (0..angles.len()).all(|j| j == own || own_above < angles[j].saturating_sub(turn[j]) as u32)
 }
 
-/// [`Simd::settled`] in AVX2 vectors, [`LANES`] centroids at a time with no
-/// scalar step (the check runs on every filter on every pass): lane-wise
-/// maxima of the other centroids' upper bounds, the own lower bound picked
-/// out of its lane, one comparison.
+/// [`Simd::settled`] in 128-bit integer vectors, eight centroids at a time:
+/// saturating differences, the own lane masked out, the lowest of all found
+/// by `minpos`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn settled_avx2(fits: &[u16], turn: &[f32], own: usize) -> bool {
+fn settled_avx2(angles: &[u16], turn: &[u16], own: usize) -> bool {
     use std::arch::x86_64::*;
-    let (cos, sin) = turn.split_at(fits.len());
-    let margin = _mm256_set1_ps(SETTLE_MARGIN);
-    let own_lane = _mm256_set1_epi32(own as i32);
-    let mut lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let mut upper = _mm256_setzero_ps();
-    let mut lower = _mm256_setzero_ps();
-    for ((f, c), s) in fits.chunks_exact(LANES).zip(cos.chunks_exact(LANES)).zip(sin.chunks_exact(LANES)) {
-        // SAFETY: `f`, `c` and `s` hold LANES values each.
-        let (f, c, s) = unsafe {
-            let f = _mm256_cvtepu16_epi32(_mm_loadu_si128(f.as_ptr().cast()));
-            (
-                _mm256_mul_ps(_mm256_cvtepi32_ps(f), _mm256_set1_ps(1.0 / STEPS)),
-                _mm256_loadu_ps(c.as_ptr()),
-                _mm256_loadu_ps(s.as_ptr()),
-            )
-        };
-        let room = _mm256_max_ps(_mm256_fnmadd_ps(f, f, _mm256_set1_ps(1.0)), _mm256_setzero_ps());
-        let sin_f = _mm256_sqrt_ps(_mm256_add_ps(room, _mm256_add_ps(margin, margin)));
-        let (fc, ss) = (_mm256_mul_ps(f, c), _mm256_mul_ps(sin_f, s));
-        let up = _mm256_blendv_ps(_mm256_add_ps(fc, ss), _mm256_set1_ps(1.0), _mm256_cmp_ps::<_CMP_GE_OQ>(f, c));
-        let is_own = _mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, own_lane));
-        upper = _mm256_max_ps(upper, _mm256_andnot_ps(is_own, up));
-        // The own lane's lower bound, in every lane (0 where `own` is in another group).
-        let own_in_group = _mm256_and_si256(own_lane, _mm256_set1_epi32(LANES as i32 - 1));
-        let picked = _mm256_permutevar8x32_ps(_mm256_sub_ps(fc, ss), own_in_group);
-        let here =
-            _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_srli_epi32::<3>(lane), _mm256_srli_epi32::<3>(own_lane)));
-        lower = _mm256_or_ps(lower, _mm256_and_ps(here, picked));
-        lane = _mm256_add_epi32(lane, _mm256_set1_epi32(LANES as i32));
+    let own_lane = _mm_set1_epi16(own as i16);
+    let mut lane = _mm_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7);
+    let mut lowest = _mm_set1_epi16(-1);
+    for (a, t) in angles.chunks_exact(LANES).zip(turn.chunks_exact(LANES)) {
+        // SAFETY: `a` and `t` hold LANES u16 each.
+        let (a, t) = unsafe { (_mm_loadu_si128(a.as_ptr().cast()), _mm_loadu_si128(t.as_ptr().cast())) };
+        let below = _mm_or_si128(_mm_subs_epu16(a, t), _mm_cmpeq_epi16(lane, own_lane));
+        lowest = _mm_min_epu16(lowest, below);
+        lane = _mm_add_epi16(lane, _mm_set1_epi16(LANES as i16));
     }
-    let beaten = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_add_ps(upper, margin), _mm256_sub_ps(lower, margin));
-    _mm256_movemask_ps(beaten) == 0xff
+    let others_below = (_mm_cvtsi128_si32(_mm_minpos_epu16(lowest)) & 0xffff) as u32;
+    (angles[own] as u32 + turn[own] as u32) < others_below
 }
 
 /// [`Simd::best_abs`] in AVX2 vectors: lane-wise maxima, one horizontal
-/// maximum, then the first lane that equals it (no unpredictable branches).
+/// maximum, then the first lane that equals it (no unpredictable branches);
+/// the bounds from below by the same arithmetic as [`angle_below`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn best_abs_avx2(dots: &[f32], fits: &mut [u16]) -> usize {
+fn best_abs_avx2(dots: &[f32], angles: &mut [u16]) -> usize {
     use std::arch::x86_64::*;
     let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    let one = _mm256_set1_ps(1.0);
     let mut top = _mm256_setzero_ps();
-    for (d, f) in dots.chunks_exact(LANES).zip(fits.chunks_exact_mut(LANES)) {
+    for (d, out) in dots.chunks_exact(LANES).zip(angles.chunks_exact_mut(LANES)) {
         // SAFETY: `d` holds LANES floats.
         let a = _mm256_and_ps(unsafe { _mm256_loadu_ps(d.as_ptr()) }, magnitude);
-        let q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_min_ps(a, _mm256_set1_ps(1.0)), _mm256_set1_ps(STEPS)));
+        let x = _mm256_min_ps(_mm256_add_ps(a, _mm256_set1_ps(DOT_MARGIN)), one);
+        let mut p = _mm256_set1_ps(ACOS_POLY[7]);
+        for &c in ACOS_POLY[..7].iter().rev() {
+            p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(c));
+        }
+        let steps = _mm256_mul_ps(
+            _mm256_mul_ps(_mm256_sqrt_ps(_mm256_sub_ps(one, x)), p),
+            _mm256_set1_ps((1.0 / ANGLE_STEP) as f32),
+        );
+        let q = _mm256_sub_epi32(_mm256_cvtps_epi32(_mm256_floor_ps(steps)), _mm256_set1_epi32(1));
         let q = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
-        // SAFETY: `f` holds LANES u16.
-        unsafe { _mm_storeu_si128(f.as_mut_ptr().cast(), q) };
+        // SAFETY: `out` holds LANES u16.
+        unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), q) };
         top = _mm256_max_ps(top, a);
     }
     let half = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps::<1>(top));
@@ -236,7 +270,9 @@ fn best_abs_avx2(dots: &[f32], fits: &mut [u16]) -> usize {
         let a = _mm256_and_ps(unsafe { _mm256_loadu_ps(d.as_ptr()) }, magnitude);
         let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(a, top));
         if hit != 0 {
-            return g * LANES + hit.trailing_zeros() as usize;
+            let best = g * LANES + hit.trailing_zeros() as usize;
+            angles[best] = angle_above(dots[best].abs());
+            return best;
         }
     }
     0
@@ -261,15 +297,15 @@ impl Simd for Fused {
     }
 
     #[inline(always)]
-    fn settled(self, fits: &[u16], turn: &[f32], own: usize) -> bool {
+    fn settled(self, angles: &[u16], turn: &[u16], own: usize) -> bool {
         // SAFETY: a `Fused` exists only where the CPU has AVX2 and FMA.
-        unsafe { settled_avx2(fits, turn, own) }
+        unsafe { settled_avx2(angles, turn, own) }
     }
 
     #[inline(always)]
-    fn best_abs(self, dots: &[f32], fits: &mut [u16]) -> usize {
+    fn best_abs(self, dots: &[f32], angles: &mut [u16]) -> usize {
         // SAFETY: a `Fused` exists only where the CPU has AVX2 and FMA.
-        unsafe { best_abs_avx2(dots, fits) }
+        unsafe { best_abs_avx2(dots, angles) }
     }
 }
 
@@ -288,13 +324,13 @@ impl Simd for Separate {
     }
 
     #[inline(always)]
-    fn settled(self, fits: &[u16], turn: &[f32], own: usize) -> bool {
-        settled_portable(fits, turn, own)
+    fn settled(self, angles: &[u16], turn: &[u16], own: usize) -> bool {
+        settled_portable(angles, turn, own)
     }
 
     #[inline(always)]
-    fn best_abs(self, dots: &[f32], fits: &mut [u16]) -> usize {
-        best_abs_portable(dots, fits)
+    fn best_abs(self, dots: &[f32], angles: &mut [u16]) -> usize {
+        best_abs_portable(dots, angles)
     }
 }
 
@@ -343,21 +379,18 @@ mod tests {
         let padded = 2 * LANES;
         let (mut settled, mut open) = (0, 0);
         for _ in 0..5000 {
-            let own = rng.random_range(0..padded);
+            let favoured = rng.random_range(0..padded);
             let dots: Vec<f32> =
-                (0..padded).map(|j| rng.random_range(-1.0f32..1.0) * if j == own { 1.0 } else { 0.5 }).collect();
-            let (mut fits, mut fits_avx2) = (vec![0u16; padded], vec![0u16; padded]);
+                (0..padded).map(|j| rng.random_range(-1.0f32..1.0) * if j == favoured { 1.0 } else { 0.5 }).collect();
+            let (mut angles, mut angles_avx2) = (vec![0u16; padded], vec![0u16; padded]);
+            let own = best_abs_portable(&dots, &mut angles);
             // SAFETY: the CPU has AVX2 and FMA, checked above.
-            assert_eq!(best_abs_portable(&dots, &mut fits), unsafe { best_abs_avx2(&dots, &mut fits_avx2) });
-            assert_eq!(fits, fits_avx2);
-            let turn: Vec<f32> = {
-                let cos: Vec<f32> = (0..padded).map(|_| 1.0 - rng.random_range(0.0f32..0.02)).collect();
-                let sin: Vec<f32> = cos.iter().map(|c| (1.0 - c * c).sqrt()).collect();
-                [cos, sin].concat()
-            };
+            assert_eq!(own, unsafe { best_abs_avx2(&dots, &mut angles_avx2) });
+            assert_eq!(angles, angles_avx2);
+            let turn: Vec<u16> = (0..padded).map(|_| turn_steps(1.0 - rng.random_range(0.0..0.02))).collect();
             // SAFETY: as above.
-            let avx2 = unsafe { settled_avx2(&fits, &turn, own) };
-            assert_eq!(settled_portable(&fits, &turn, own), avx2);
+            let avx2 = unsafe { settled_avx2(&angles, &turn, own) };
+            assert_eq!(settled_portable(&angles, &turn, own), avx2);
             if avx2 {
                 settled += 1
             } else {
@@ -386,5 +419,26 @@ mod tests {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
         assert!(plain.chunks_exact(keys.padded()).all(|d| d[k..].iter().all(|&v| v == 0.0)));
+    }
+
+    #[test]
+    fn angle_bounds_bracket_the_true_angle_within_the_dot_margin() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for i in 0..200_000 {
+            // Half the samples crowd |cos| = 1, where acos is steepest.
+            let truth: f64 =
+                if i % 2 == 0 { rng.random_range(0.0..1.0) } else { 1.0 - rng.random_range(0.0..1e-3f64).powi(2) };
+            let computed = (truth as f32 + rng.random_range(-0.99..0.99) * DOT_MARGIN).max(0.0);
+            let angle = truth.acos();
+            let (below, above) = (angle_below(computed) as f64 * ANGLE_STEP, angle_above(computed) as f64 * ANGLE_STEP);
+            assert!(
+                below <= angle && angle <= above,
+                "|cos| {truth} computed {computed}: {below} <= {angle} <= {above}"
+            );
+            assert!(turn_steps(truth) as f64 * ANGLE_STEP >= angle);
+        }
+        // The bounds are tight away from |cos| = 1: a few steps, not a blur.
+        let (below, above) = (angle_below(0.5), angle_above(0.5));
+        assert!(above - below < 8, "{below}..{above}");
     }
 }

@@ -2,13 +2,13 @@
 //! kept lazily.
 //!
 //! A unit filter at angle `a` from the line of a centroid that then turns by
-//! `t` ends between `a - t` and `a + t` from it. So the `|cos|` of a filter to
-//! every centroid, computed at some pass `p`, bound its `|cos|` now: the own
-//! one from below, every other one from above, given how far each centroid's
-//! line has turned since pass `p` (see `Simd::settled`). While the lower bound
-//! beats every upper bound, the filter keeps its centroid and, since its
-//! `|cos|` never reached zero, its sign: it is not read at all. The others are
-//! recomputed in full, which refreshes their `|cos|` and pass.
+//! `t` ends between `a - t` and `a + t` from it. So the angles of a filter to
+//! every centroid, computed at some pass `p`, bound its angles now: the own
+//! one from above, every other one from below, given how far each centroid's
+//! line has turned since pass `p` (see `Simd::settled`). While the own bound
+//! stays below every other, the filter keeps its centroid and, since its
+//! angle never reached a right angle, its sign: it is not read at all. The
+//! others are recomputed in full, which refreshes their angles and pass.
 //!
 //! Per-centroid bounds matter because clusters settle at different speeds:
 //! one centroid still drifting must not reopen the filters that never came
@@ -16,7 +16,11 @@
 //! from the centroids of pass `p` straight to the current ones, rather than
 //! adding up every step, keeps the bounds as tight as the triangle inequality
 //! allows and leaves the bounds of settled filters unwritten; angles rather
-//! than Euclidean shifts tighten them by the sine of the filter's angle.
+//! than Euclidean shifts tighten them by the sine of the filter's angle, and
+//! kept as 16-bit steps they make the check a few integer instructions.
+//!
+//! The pass is bound by memory: the filters to recompute are prefetched a
+//! couple of blocks ahead, since after the first passes they are scattered.
 //!
 //! The sign-aligned member sums are kept up to date by the filters that move
 //! (or flip), and the objective is read off them: `sum_j <S_j, c_j>` equals the
@@ -26,10 +30,13 @@ use rayon::prelude::*;
 
 use super::{KMeansOptions, KMeansResult, CHUNK};
 use crate::filters::{normalise_f64_into, NormalisedFilters};
-use crate::tap_major::{dot, run_simd, Simd, SimdJob, TapMajorKeys, BLOCK, LANES};
+use crate::tap_major::{dot, prefetch, run_simd, turn_steps, Simd, SimdJob, TapMajorKeys, BLOCK, LANES};
 
 /// No centroid yet (before the first pass).
 const UNASSIGNED: u16 = u16::MAX;
+
+/// Blocks of filters to recompute that are prefetched ahead of the one in work.
+const AHEAD: usize = 2;
 
 /// Per-filter state carried between passes.
 struct Bounds {
@@ -38,9 +45,9 @@ struct Bounds {
     negative: Vec<bool>,
     /// The pass that last computed the filter's `|cos|`.
     pass: Vec<u32>,
-    /// Its `|cos|` to every (padded) centroid at that pass, `padded` per
-    /// filter, in 16 bits (see `tap_major::quantise`).
-    fits: Vec<u16>,
+    /// Its angle to every (padded) centroid's line at that pass, `padded` per
+    /// filter (see `Simd::best_abs`).
+    angles: Vec<u16>,
 }
 
 /// The centroids of every pass so far.
@@ -52,18 +59,15 @@ struct History {
 
 impl History {
     /// How far the line of each centroid has turned from pass `p` to the
-    /// newest one, for every pass `p`: per pass `padded` cosines, then
-    /// `padded` sines, of the angle (padding: no turn).
-    fn turns(&self) -> Vec<f32> {
+    /// newest one, for every pass `p`: `padded` angles per pass (see
+    /// `tap_major::turn_steps`; padding: no turn).
+    fn turns(&self) -> Vec<u16> {
         let newest = self.passes.last().expect("a pass");
-        let mut turns = vec![0.0f32; self.passes.len() * 2 * self.padded];
-        for (old, row) in self.passes.iter().zip(turns.chunks_exact_mut(2 * self.padded)) {
-            let (cos, sin) = row.split_at_mut(self.padded);
-            cos.fill(1.0);
+        let mut turns = vec![0u16; self.passes.len() * self.padded];
+        for (old, row) in self.passes.iter().zip(turns.chunks_exact_mut(self.padded)) {
             for (j, (a, b)) in old.chunks_exact(self.taps).zip(newest.chunks_exact(self.taps)).enumerate() {
                 let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>();
-                let c = (dot(a, b).abs() / (dot(a, a) * dot(b, b)).sqrt()).min(1.0);
-                (cos[j], sin[j]) = (c as f32, (1.0 - c * c).sqrt() as f32);
+                row[j] = turn_steps(dot(a, b).abs() / (dot(a, a) * dot(b, b)).sqrt());
             }
         }
         turns
@@ -104,12 +108,12 @@ struct Reassign<'a> {
     keys: &'a TapMajorKeys,
     k: usize,
     pass: u32,
-    turns: &'a [f32],
+    turns: &'a [u16],
     first: usize,
     labels: &'a mut [u16],
     negative: &'a mut [bool],
     passes: &'a mut [u32],
-    fits: &'a mut [u16],
+    angles: &'a mut [u16],
 }
 
 impl Reassign<'_> {
@@ -120,14 +124,16 @@ impl Reassign<'_> {
             return (0..self.labels.len()).collect();
         }
         let padded = self.keys.padded();
-        let mut open = Vec::new();
-        for (j, (fits, (&pass, &own))) in
-            self.fits.chunks_exact(padded).zip(self.passes.iter().zip(self.labels.iter())).enumerate()
+        // Written without a branch: which filters open is close to random.
+        let mut open = vec![0; self.labels.len()];
+        let mut count = 0;
+        for (j, (angles, (&pass, &own))) in
+            self.angles.chunks_exact(padded).zip(self.passes.iter().zip(self.labels.iter())).enumerate()
         {
-            if !m.settled(fits, &self.turns[pass as usize * 2 * padded..][..2 * padded], own as usize) {
-                open.push(j);
-            }
+            open[count] = j;
+            count += !m.settled(angles, &self.turns[pass as usize * padded..][..padded], own as usize) as usize;
         }
+        open.truncate(count);
         open
     }
 }
@@ -141,14 +147,18 @@ impl SimdJob for Reassign<'_> {
         let padded = self.keys.padded();
         let mut moves = Moves::new(self.k, taps);
         let mut dots = vec![0.0f32; BLOCK * padded];
-        for block in self.open(m).chunks(BLOCK) {
+        let open = self.open(m);
+        for (b, block) in open.chunks(BLOCK).enumerate() {
+            for &j in open.iter().skip((b + AHEAD) * BLOCK).take(BLOCK) {
+                prefetch(self.filters.filter(self.first + j));
+            }
             // A short block repeats its last filter; the repeats are ignored.
             let index = |f: usize| block[f.min(block.len() - 1)];
             let xs = std::array::from_fn(|f| self.filters.filter(self.first + index(f)));
             self.keys.dots_of_block(xs, &mut dots, m);
             for (&j, dots) in block.iter().zip(dots.chunks_exact(padded)) {
                 let x = self.filters.filter(self.first + j);
-                let best = m.best_abs(dots, &mut self.fits[j * padded..][..padded]);
+                let best = m.best_abs(dots, &mut self.angles[j * padded..][..padded]);
                 let negative = dots[best] < 0.0;
                 if self.labels[j] != best as u16 || self.negative[j] != negative {
                     if self.labels[j] != UNASSIGNED {
@@ -178,11 +188,11 @@ fn reassign(filters: &NormalisedFilters, history: &History, bounds: &mut Bounds)
         .par_chunks_mut(CHUNK)
         .zip(bounds.negative.par_chunks_mut(CHUNK))
         .zip(bounds.pass.par_chunks_mut(CHUNK))
-        .zip(bounds.fits.par_chunks_mut(CHUNK * padded))
+        .zip(bounds.angles.par_chunks_mut(CHUNK * padded))
         .enumerate()
-        .map(|(c, (((labels, negative), passes), fits))| {
+        .map(|(c, (((labels, negative), passes), angles))| {
             let first = c * CHUNK;
-            run_simd(Reassign { filters, keys: &keys, k, pass, turns: &turns, first, labels, negative, passes, fits })
+            run_simd(Reassign { filters, keys: &keys, k, pass, turns: &turns, first, labels, negative, passes, angles })
         })
         .collect();
     let mut total = Moves::new(k, taps);
@@ -232,7 +242,7 @@ pub(super) fn lloyd(
     let n = filters.len();
     let padded = k.div_ceil(LANES) * LANES;
     let mut bounds =
-        Bounds { labels: vec![UNASSIGNED; n], negative: vec![false; n], pass: vec![0; n], fits: vec![0; n * padded] };
+        Bounds { labels: vec![UNASSIGNED; n], negative: vec![false; n], pass: vec![0; n], angles: vec![0; n * padded] };
     let mut history = History { taps, padded, passes: vec![centroids] };
     let mut state = Moves::new(k, taps);
     let mut previous: Option<f64> = None;
