@@ -4,9 +4,10 @@ use anyhow::{bail, Result};
 use masterkey_core::{FitOptions, KernelSize};
 use masterkey_search::filters::{pick_group, NormalisedFilters};
 use masterkey_search::{
-    search, AutoencoderOptions, CoverageCurve, FitObjective, KChoice, KMeansOptions, KeyUsage, Method, SearchOptions,
-    SearchOutcome,
+    search, AutoencoderOptions, CoverageCurve, FitObjective, KChoice, KMeansOptions, KeyUsage, Method, Scorer,
+    SearchOptions, SearchOutcome,
 };
+use masterkey_surgery::{Cpu, ImageSet, Probe, ProbeScorer, StateDict};
 use serde::Serialize;
 
 use crate::{print_json, ui, ReadOptions};
@@ -53,10 +54,24 @@ pub struct Args {
     /// autoencoder: training steps (mini-batches).
     #[arg(long, default_value_t = AutoencoderOptions::default().steps)]
     steps: usize,
-    /// autoencoder: what elimination keeps high: `mean` (mean |cos| of the best fits)
-    /// or `coverage:T` (share of filters with |cos| >= T).
+    /// autoencoder: rounds of local resampling of the latents around the survivors (0: none).
+    #[arg(long, default_value_t = AutoencoderOptions::default().refine_rounds)]
+    refine_rounds: usize,
+    /// autoencoder: what elimination keeps high: `mean` (mean |cos| of the best fits),
+    /// `coverage:T` (share of filters with |cos| >= T), or `probe:MODEL` (EfficientNet-Lite0
+    /// weights or the id efficientnet-lite0: minus the mean KL divergence of the network's outputs
+    /// from the original's once its depthwise layers of the searched size are fitted to the keys;
+    /// about 0.04 s per probe image per call, so pair it with fewer --candidates, a smaller
+    /// --max-k and --refine-rounds 0).
     #[arg(long, default_value = "mean", value_parser = parse_score)]
-    score: FitObjective,
+    score: ScoreArg,
+    /// `--score probe:`: random views of the shipped photos per call.
+    #[arg(long, default_value_t = 16)]
+    probe_views: usize,
+    /// `--score probe:`: seed of those views (`masterkey probe` uses seed 0 by default, so it
+    /// evaluates the bank on other views than the ones that chose it).
+    #[arg(long, default_value_t = 1)]
+    probe_seed: u64,
     /// |cos| thresholds for coverage.
     #[arg(long, value_delimiter = ',', default_values_t = FitOptions::default().thresholds)]
     thresholds: Vec<f32>,
@@ -80,14 +95,33 @@ fn parse_k(s: &str) -> Result<KChoice, String> {
     }
 }
 
-fn parse_score(s: &str) -> Result<FitObjective, String> {
+/// What the autoencoder's elimination keeps high.
+#[derive(Clone)]
+enum ScoreArg {
+    Fit(FitObjective),
+    /// A network's behaviour (see `masterkey_surgery::ProbeScorer`); the model as given.
+    Probe(String),
+}
+
+fn parse_score(s: &str) -> Result<ScoreArg, String> {
     if s == "mean" {
-        return Ok(FitObjective::MeanAbsCos);
+        return Ok(ScoreArg::Fit(FitObjective::MeanAbsCos));
+    }
+    if let Some(model) = s.strip_prefix("probe:").filter(|m| !m.is_empty()) {
+        return Ok(ScoreArg::Probe(model.to_string()));
     }
     match s.strip_prefix("coverage:").map(str::parse::<f32>) {
-        Some(Ok(t)) if (0.0..=1.0).contains(&t) => Ok(FitObjective::Coverage(t)),
-        _ => Err(format!("expected `mean` or `coverage:T` with T in [0, 1], found `{s}`")),
+        Some(Ok(t)) if (0.0..=1.0).contains(&t) => Ok(ScoreArg::Fit(FitObjective::Coverage(t))),
+        _ => Err(format!("expected `mean`, `coverage:T` with T in [0, 1], or `probe:MODEL`, found `{s}`")),
     }
+}
+
+/// The probe scorer of `--score probe:MODEL` for banks of `kernel` keys.
+fn probe_scorer(model: &str, kernel: KernelSize, views: usize, seed: u64) -> Result<ProbeScorer<Cpu>> {
+    let model = crate::replace_cmd::resolve_model(model)?;
+    let images = ImageSet::Shipped { views, seed };
+    let probe = Probe::<Cpu>::new(StateDict::read(&model)?, &images.inputs()?, &Default::default())?;
+    Ok(ProbeScorer::new(probe, kernel, format!("{} ({})", images.describe(), model.display()))?)
 }
 
 #[derive(Serialize)]
@@ -142,7 +176,11 @@ pub fn run(args: Args) -> Result<()> {
         MethodArg::Autoencoder => Method::Autoencoder(AutoencoderOptions {
             candidates: args.candidates,
             steps: args.steps,
-            objective: args.score,
+            refine_rounds: args.refine_rounds,
+            objective: match args.score {
+                ScoreArg::Fit(objective) => objective,
+                ScoreArg::Probe(_) => AutoencoderOptions::default().objective,
+            },
             seed: args.seed,
             ..AutoencoderOptions::default()
         }),
@@ -151,13 +189,27 @@ pub fn run(args: Args) -> Result<()> {
     let options = SearchOptions { method, k: args.keys, max_k: args.max_k, thresholds: args.thresholds.clone() };
     let set_label = args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
 
+    let probe = match &args.score {
+        ScoreArg::Probe(model) => {
+            if !matches!(args.method, MethodArg::Autoencoder) {
+                bail!("--score probe:{model} drives the autoencoder's elimination; add --method autoencoder");
+            }
+            Some(probe_scorer(model, filters.kernel, args.probe_views, args.probe_seed)?)
+        }
+        ScoreArg::Fit(_) => None,
+    };
+
     let bar = ui::progress(0, "searching");
-    let outcome = search(&filters, &set_label, &options, None, &|stage, done, total| {
-        bar.set_message(stage.to_string());
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    });
+    let outcome =
+        search(&filters, &set_label, &options, probe.as_ref().map(|p| p as &dyn Scorer), &|stage, done, total| {
+            bar.set_message(stage.to_string());
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        });
     bar.finish_and_clear();
+    if let Some(failure) = probe.as_ref().and_then(ProbeScorer::failure) {
+        bail!("the probe scorer failed, so the search's choices are void: {failure}");
+    }
     let outcome = outcome?;
 
     let curve_file = args.output.as_deref().map(curve_path);

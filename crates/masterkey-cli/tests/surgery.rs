@@ -1,10 +1,11 @@
-//! `masterkey replace` and `masterkey probe` on the real EfficientNet-Lite0
+//! `masterkey replace`, `probe` and a probe-driven `search` on the real EfficientNet-Lite0
 //! weights and the shipped photos.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use masterkey_core::Bank;
 use masterkey_formats::read_state_dict;
 use serde_json::Value;
 
@@ -155,4 +156,44 @@ fn probe_of_a_model_that_is_not_efficientnet_lite0_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let out = masterkey(&["replace", "no-such-model", "-o", dir.path().join("x").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-model: no such file, and not a default model id"));
+}
+
+#[test]
+fn autoencoder_search_can_be_driven_by_the_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank_file = dir.path().join("probed.safetensors");
+    let lite0 = lite0();
+    let probe_arg = format!("probe:{}", lite0.display());
+    let args = [
+        "search",
+        lite0.to_str().unwrap(),
+        "--method",
+        "autoencoder",
+        "--score",
+        &probe_arg,
+        "-k",
+        "2",
+        "--max-k",
+        "2",
+        "--candidates",
+        "5",
+        "--steps",
+        "200",
+        "--refine-rounds",
+        "0",
+        "--probe-views",
+        "2",
+        "-o",
+        bank_file.to_str().unwrap(),
+        "--json",
+    ];
+    let v = json_of(&masterkey(&args));
+    assert_eq!((v["kernel"].as_str(), v["k"].as_u64()), (Some("5x5"), Some(2)));
+    let source = v["bank"]["source"].as_str().unwrap();
+    assert!(source.contains("mean KL(original || replaced)") && source.contains("9 5x5 depthwise layers"), "{source}");
+    assert_eq!(Bank::load(&bank_file).unwrap().len(), 2);
+
+    let out = masterkey(&["search", lite0.to_str().unwrap(), "--score", &probe_arg]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add --method autoencoder"));
 }

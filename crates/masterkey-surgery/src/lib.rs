@@ -11,12 +11,14 @@ pub mod images;
 pub mod plot;
 pub mod probe;
 pub mod replace;
+pub mod scorer;
 pub mod state_dict;
 pub mod sweep;
 
 pub use efficientnet_lite0::EfficientNetLite0;
 pub use probe::{probe_agreement, Agreement, ImageSet, Probe};
 pub use replace::{replace_model, LayerFit};
+pub use scorer::ProbeScorer;
 pub use state_dict::StateDict;
 
 /// The CPU backend every command runs on (burn `flex`).

@@ -38,3 +38,38 @@ fn identity_agrees_fully_and_the_replaced_file_behaves_as_the_replacement_in_mem
     assert_eq!(written_shapes, original_shapes);
     assert_eq!(probe.agreement(&written).unwrap(), in_memory);
 }
+
+#[test]
+fn the_probe_scorer_replaces_only_its_kernel_size_and_prefers_trained_keys() {
+    use masterkey_search::Scorer;
+    use masterkey_surgery::ProbeScorer;
+
+    let images = ImageSet::Shipped { views: 4, seed: 1 }.inputs().unwrap();
+    let probe = || Probe::<Cpu>::new(StateDict::read(&lite0()).unwrap(), &images, &Default::default()).unwrap();
+    let five = KernelSize::square(5);
+    let scorer = ProbeScorer::new(probe(), five, "4 views".into()).unwrap();
+    assert!(scorer.describe().contains("its 9 5x5 depthwise layers"), "{}", scorer.describe());
+
+    let (keys, kept) = Bank::published8().resized(five);
+    assert_eq!(kept.len(), 8);
+    let by_scorer = scorer.score(&keys, five.taps());
+    let published = masterkey_search::synthetic::bank_of(&keys, five, "published8 at 5x5");
+    // The same as replacing the 5x5 layers by hand: the 3x3 ones stay as trained.
+    let probe = probe();
+    let mut weights = probe.original().clone();
+    for layer in weights.depthwise_layers().unwrap().iter().filter(|l| l.kernel == five) {
+        let replaced =
+            masterkey_surgery::replace::replace_layer(layer, &published, masterkey_surgery::probe::DEAD_TOLERANCE).0;
+        weights.set_layer(&replaced).unwrap();
+    }
+    let by_hand = -probe.agreement(&weights).unwrap().mean_kl;
+    assert!((by_scorer - by_hand).abs() < 1e-9, "{by_scorer} vs {by_hand}");
+    assert!(by_scorer < 0.0);
+
+    let random = Bank::random(8, five, 1);
+    assert!(scorer.score(&random.keys, five.taps()) < by_scorer, "random keys should move the outputs further");
+    assert!(scorer.failure().is_none());
+
+    let err = ProbeScorer::new(probe, KernelSize::square(7), String::new()).err().expect("no 7x7 layer");
+    assert!(err.to_string().contains("no 7x7 depthwise layer"), "{err}");
+}
