@@ -67,7 +67,7 @@ impl FilterGrid<'_> {
             writer.finish().map_err(std::io::Error::other)
         })
         .map_err(|e| match e {
-            Error::Io { source, .. } => Error::io(path, source),
+            Error::Io { cause, .. } => Error::io(path, cause),
             other => other,
         })
     }
