@@ -239,7 +239,7 @@ impl Observer for Bars {
     }
 }
 
-fn run_on<B: masterkey_train::burn::tensor::backend::AutodiffBackend>(
+fn run_on<B: masterkey_train::dw_op::DepthwiseAutodiffBackend>(
     config: &TrainConfig,
     data: &Dataset,
     out: &Path,

@@ -5,19 +5,19 @@
 //! a gradient, so autodiff never produces one for it and the optimizer never
 //! touches it; `b` (one offset per channel, added to every tap) is learnable,
 //! and `a` is learnable only when asked for. The weight gradient of the
-//! combined filter is still formed once per step, because `b` and `a` are
-//! learned through it; what is saved is the update of `k*k` taps per channel.
+//! combined filter is formed once per step, because `b` and `a` are learned
+//! through it (by the direct kernels of [`crate::dw_op`]); what is saved is
+//! the update of `k*k` taps per channel.
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 use masterkey_core::fit::{fit_filters, FilterFit};
 use masterkey_core::kernel::{is_dead, mean_and_centered_norm, normalise, KernelSize, DEFAULT_DEAD_TOLERANCE};
 use masterkey_core::Bank;
 use serde::{Deserialize, Serialize};
 
+use crate::dw_op::{depthwise, DepthwiseBackend};
 use crate::layers::{filled, frozen, param, WeightInit};
 use crate::rng::SplitMix;
 
@@ -275,11 +275,6 @@ impl<B: Backend> DwConv<B> {
         }
     }
 
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let options = ConvOptions::new([self.stride; 2], [self.kernel / 2; 2], [1, 1], self.channels());
-        conv2d(x, self.effective_filter(), Some(self.bias.val()), options)
-    }
-
     /// The applied filters as `C x k*k` values, row-major.
     pub fn filter_values(&self) -> Vec<f32> {
         self.effective_filter().into_data().convert::<f32>().to_vec().expect("f32 filters")
@@ -295,6 +290,12 @@ impl<B: Backend> DwConv<B> {
         let b = keys.iter().map(|k| k.b).collect();
         let layer = DwConv::frozen_from(base, a, b, plan.learn_scale, self.kernel, self.stride, self.bias, device);
         (layer, keys)
+    }
+}
+
+impl<B: DepthwiseBackend> DwConv<B> {
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        depthwise(x, self.effective_filter(), self.bias.val(), self.stride)
     }
 }
 
@@ -468,6 +469,48 @@ mod tests {
                     let expected = naive_input_grad(&rs, n, c, h, w, &filt, k, s);
                     assert_close(&to_vec(gx), &expected, 1e-4, &format!("{mode} input grad k={k} s={s}"));
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn offset_and_scale_gradients_match_a_naive_reference() {
+        // d(sum(out * r))/db = sum(r * box(x)) and d/da = sum(r * conv(x, base)), per channel.
+        let device = Default::default();
+        let (n, c, h, w) = (2, 3, 9, 8);
+        for k in [3, 5, 7] {
+            for s in [1, 2] {
+                let mut rng = SplitMix::new((k * 10 + s) as u64);
+                let mut p = plan(DwMode::Frozen);
+                p.learn_scale = true;
+                let layer = p.build::<Ad>(0, c, k, s, WeightInit::Normal(0.3), &mut rng, &device);
+                let base = to_vec(layer.filter.val());
+                let xs: Vec<f32> = (0..n * c * h * w).map(|_| rng.normal()).collect();
+                let x = Tensor::<Ad, 4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &device);
+                let out = layer.forward(x);
+                let [_, _, oh, ow] = out.dims();
+                let rs: Vec<f32> = (0..n * c * oh * ow).map(|_| rng.normal()).collect();
+                let r = Tensor::<Ad, 4>::from_data(TensorData::new(rs.clone(), [n, c, oh, ow]), &device);
+                let grads = (out * r).sum().backward();
+                let per_channel = |response: Vec<f64>| -> Vec<f64> {
+                    let plane = oh * ow;
+                    (0..c)
+                        .map(|ch| {
+                            (0..n)
+                                .flat_map(|b| (0..plane).map(move |i| ((b * c + ch) * plane + i)))
+                                .map(|i| rs[i] as f64 * response[i])
+                                .sum()
+                        })
+                        .collect()
+                };
+                let zeros = vec![0.0; c];
+                let boxed = naive_dw(&xs, n, c, h, w, &vec![1.0; c * k * k], &zeros, k, s);
+                let keyed = naive_dw(&xs, n, c, h, w, &base, &zeros, k, s);
+                let g_offset = layer.offset.as_ref().unwrap().val().grad(&grads).expect("offset gradient");
+                let g_scale = layer.scale.as_ref().unwrap().val().grad(&grads).expect("scale gradient");
+                assert_close(&to_vec(g_offset), &per_channel(boxed), 1e-4, &format!("offset grad k={k} s={s}"));
+                assert_close(&to_vec(g_scale), &per_channel(keyed), 1e-4, &format!("scale grad k={k} s={s}"));
+                assert!(layer.filter.val().grad(&grads).is_none(), "the keys got a gradient");
             }
         }
     }

@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::AutodiffBackend;
 use masterkey_core::{atomic, Error, Result};
 use serde::Serialize;
 
 use crate::data::Dataset;
 use crate::dw::{AssignmentKind, DwMode};
+use crate::dw_op::DepthwiseAutodiffBackend;
 use crate::train::{train, Observer, Outcome, RunOptions, TrainConfig, CHECKPOINT_DIR, METRICS_FILE};
 
 /// One arm of the comparison.
@@ -103,7 +103,7 @@ fn run_dir(out: &Path, fraction: f64, seed: u64, arm: &Arm) -> PathBuf {
 }
 
 /// Trains (or reads back) every arm x fraction x seed of `template`.
-pub fn run_experiment<B: AutodiffBackend>(
+pub fn run_experiment<B: DepthwiseAutodiffBackend>(
     template: &TrainConfig,
     data: &Dataset,
     arms: &[Arm],

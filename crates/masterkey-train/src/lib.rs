@@ -11,6 +11,7 @@ pub use burn;
 pub mod checkpoint;
 pub mod data;
 pub mod dw;
+pub mod dw_op;
 pub mod experiment;
 pub mod layers;
 pub mod models;

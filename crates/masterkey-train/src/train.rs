@@ -14,7 +14,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use masterkey_core::{atomic, Bank, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,7 @@ use crate::data::{stratified_subset, DataSpec, Dataset, Split};
 use crate::dw::{
     key_usage, mean_filter_norm, snap_keys, AssignmentKind, ChannelKey, DwLayers, DwMode, DwPlan, KeyChoice,
 };
+use crate::dw_op::{DepthwiseAutodiffBackend, DepthwiseBackend};
 use crate::models::{ModelSpec, Network};
 use crate::optim::{AdamWNoDecayOnVectors, Schedule};
 
@@ -247,7 +248,7 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 }
 
 /// Test loss (plain cross-entropy) and accuracy.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: DepthwiseBackend>(
     model: &Network<B>,
     data: &Dataset,
     split: &Split,
@@ -277,7 +278,7 @@ fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<()> {
 }
 
 /// Trains `config` on `data`, writing checkpoints and metrics under `out`.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: DepthwiseAutodiffBackend>(
     config: &TrainConfig,
     data: &Dataset,
     out: &Path,
@@ -432,7 +433,7 @@ pub fn train<B: AutodiffBackend>(
 }
 
 /// Loads a checkpoint's model (on the inference backend `B`) and state.
-pub fn load_trained<B: Backend>(dir: &Path) -> Result<(Network<B>, RunState)> {
+pub fn load_trained<B: DepthwiseBackend>(dir: &Path) -> Result<(Network<B>, RunState)> {
     let device = Default::default();
     let state = checkpoint::load_state(dir)?;
     let bank = Bank::resolve(&state.config.dw.bank)?;
