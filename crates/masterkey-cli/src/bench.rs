@@ -15,6 +15,8 @@ use crate::ui;
 
 /// The references run on these pinned packages, installed into a cache virtualenv.
 const REFERENCE_PACKAGES: &[&str] = &["numpy==2.4.6", "scikit-learn==1.9.1"];
+/// PyTorch for `bench dw` (its Linux wheels pull the CUDA libraries in: several GB, once).
+pub(crate) const TORCH_PACKAGES: &[&str] = &["torch==2.9.1", "numpy==2.4.6"];
 const FIT_SCRIPT: &str = include_str!("bench_fit.py");
 const KMEANS_SCRIPT: &str = include_str!("bench_kmeans.py");
 
@@ -29,6 +31,17 @@ pub enum BenchCommand {
         repeats: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// Depthwise convolution (forward, and forward + backward with trainable or frozen filters) against
+    /// PyTorch's grouped convolution, NCHW and channels-last.
+    Dw {
+        /// Batch, channels, height, width.
+        #[arg(long, value_delimiter = 'x', default_value = "128x64x32x32")]
+        shape: Vec<usize>,
+        #[arg(long, default_value_t = 7)]
+        kernel: usize,
+        #[arg(long, default_value_t = 7)]
+        repeats: usize,
     },
     /// k-means (K=8) on N normalised 7x7 filters shaped like trained ones; compare with scikit-learn's KMeans
     /// from the same initial centroids for the same iterations.
@@ -55,13 +68,22 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Fit { filters, repeats, seed } => bench_fit(filters, repeats.max(1), seed),
+        BenchCommand::Dw { shape, kernel, repeats } => {
+            let Ok(shape) = <[usize; 4]>::try_from(shape.as_slice()) else {
+                bail!("--shape takes NxCxHxW, found {} numbers", shape.len());
+            };
+            if kernel % 2 == 0 || shape.contains(&0) {
+                bail!("bench dw needs an odd kernel and a non-empty shape");
+            }
+            crate::bench_dw::bench_dw(shape, kernel, repeats.max(1))
+        }
         BenchCommand::Kmeans { filters, keys, iterations, noise, repeats, seed } => {
             bench_kmeans(filters, keys, iterations, noise, repeats.max(1), seed)
         }
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -84,25 +106,25 @@ fn write_f32(path: &Path, values: &[f32]) -> Result<()> {
 
 /// A virtualenv under the cache with the pinned reference packages, made on
 /// first use (its folder name carries the pins, so new pins make a new one).
-fn reference_python() -> Result<PathBuf> {
-    let venv = masterkey_fetch::cache_dir().join(format!("bench-venv-{}", REFERENCE_PACKAGES.join("-")));
+fn reference_python(packages: &[&str]) -> Result<PathBuf> {
+    let venv = masterkey_fetch::cache_dir().join(format!("bench-venv-{}", packages.join("-")));
     let python = venv.join("bin").join("python");
     if python.is_file() {
         return Ok(python);
     }
-    eprintln!("creating {} with {} (once)", venv.display(), REFERENCE_PACKAGES.join(", "));
+    eprintln!("creating {} with {} (once)", venv.display(), packages.join(", "));
     let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().context("running python3 -m venv")?;
     if !status.success() {
         bail!("python3 -m venv {} failed", venv.display());
     }
     let status = Command::new(&python)
         .args(["-m", "pip", "install", "--quiet"])
-        .args(REFERENCE_PACKAGES)
+        .args(packages)
         .status()
         .context("running pip install")?;
     if !status.success() {
         let _ = std::fs::remove_dir_all(&venv);
-        bail!("pip install {} into {} failed", REFERENCE_PACKAGES.join(" "), venv.display());
+        bail!("pip install {} into {} failed", packages.join(" "), venv.display());
     }
     Ok(python)
 }
@@ -112,9 +134,18 @@ fn reference_python() -> Result<PathBuf> {
 /// machines for old OpenBLAS builds, slow a current NumPy: the reference runs
 /// without them.
 fn run_reference(script: &str, dir: &Path, args: &[String]) -> Result<serde_json::Value> {
+    run_reference_with(REFERENCE_PACKAGES, script, dir, args)
+}
+
+pub(crate) fn run_reference_with(
+    packages: &[&str],
+    script: &str,
+    dir: &Path,
+    args: &[String],
+) -> Result<serde_json::Value> {
     let path = dir.join("reference.py");
     std::fs::write(&path, script)?;
-    let output = Command::new(reference_python()?)
+    let output = Command::new(reference_python(packages)?)
         .arg(&path)
         .args(args)
         .env_remove("OPENBLAS_CORETYPE")

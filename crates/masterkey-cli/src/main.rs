@@ -2,6 +2,7 @@
 
 mod bank_cmd;
 mod bench;
+mod bench_dw;
 mod compare_cmd;
 mod demo;
 mod extract;

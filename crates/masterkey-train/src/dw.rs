@@ -4,10 +4,10 @@
 //! bank key (or a random unit filter) held in a parameter that never requires
 //! a gradient, so autodiff never produces one for it and the optimizer never
 //! touches it; `b` (one offset per channel, added to every tap) is learnable,
-//! and `a` is learnable only when asked for. The weight gradient of the
-//! combined filter is formed once per step, because `b` and `a` are learned
-//! through it (by the direct kernels of [`crate::dw_op`]); what is saved is
-//! the update of `k*k` taps per channel.
+//! and `a` is learnable only when asked for. With `a` frozen no filter
+//! gradient is formed at all: `b` learns from box sums of the input
+//! ([`crate::dw_op::depthwise_offset`]). With `--dw-scale`, `a` and `b` learn
+//! through the gradient of the combined filter.
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
@@ -17,7 +17,7 @@ use masterkey_core::kernel::{is_dead, mean_and_centered_norm, normalise, KernelS
 use masterkey_core::Bank;
 use serde::{Deserialize, Serialize};
 
-use crate::dw_op::{depthwise, DepthwiseBackend};
+use crate::dw_op::{depthwise, depthwise_offset, DepthwiseBackend};
 use crate::layers::{filled, frozen, param, WeightInit};
 use crate::rng::SplitMix;
 
@@ -295,7 +295,14 @@ impl<B: Backend> DwConv<B> {
 
 impl<B: DepthwiseBackend> DwConv<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        depthwise(x, self.effective_filter(), self.bias.val(), self.stride)
+        match (&self.scale, &self.offset) {
+            // Keys and `a` frozen: only `b` learns, from box sums, and no
+            // filter gradient is formed.
+            (Some(scale), Some(offset)) if !scale.val().is_require_grad() => {
+                depthwise_offset(x, self.effective_filter(), offset.val(), self.bias.val(), self.stride)
+            }
+            _ => depthwise(x, self.effective_filter(), self.bias.val(), self.stride),
+        }
     }
 }
 
@@ -478,40 +485,45 @@ mod tests {
         // d(sum(out * r))/db = sum(r * box(x)) and d/da = sum(r * conv(x, base)), per channel.
         let device = Default::default();
         let (n, c, h, w) = (2, 3, 9, 8);
-        for k in [3, 5, 7] {
-            for s in [1, 2] {
-                let mut rng = SplitMix::new((k * 10 + s) as u64);
-                let mut p = plan(DwMode::Frozen);
-                p.learn_scale = true;
-                let layer = p.build::<Ad>(0, c, k, s, WeightInit::Normal(0.3), &mut rng, &device);
-                let base = to_vec(layer.filter.val());
-                let xs: Vec<f32> = (0..n * c * h * w).map(|_| rng.normal()).collect();
-                let x = Tensor::<Ad, 4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &device);
-                let out = layer.forward(x);
-                let [_, _, oh, ow] = out.dims();
-                let rs: Vec<f32> = (0..n * c * oh * ow).map(|_| rng.normal()).collect();
-                let r = Tensor::<Ad, 4>::from_data(TensorData::new(rs.clone(), [n, c, oh, ow]), &device);
-                let grads = (out * r).sum().backward();
-                let per_channel = |response: Vec<f64>| -> Vec<f64> {
-                    let plane = oh * ow;
-                    (0..c)
-                        .map(|ch| {
-                            (0..n)
-                                .flat_map(|b| (0..plane).map(move |i| ((b * c + ch) * plane + i)))
-                                .map(|i| rs[i] as f64 * response[i])
-                                .sum()
-                        })
-                        .collect()
-                };
-                let zeros = vec![0.0; c];
-                let boxed = naive_dw(&xs, n, c, h, w, &vec![1.0; c * k * k], &zeros, k, s);
-                let keyed = naive_dw(&xs, n, c, h, w, &base, &zeros, k, s);
-                let g_offset = layer.offset.as_ref().unwrap().val().grad(&grads).expect("offset gradient");
-                let g_scale = layer.scale.as_ref().unwrap().val().grad(&grads).expect("scale gradient");
-                assert_close(&to_vec(g_offset), &per_channel(boxed), 1e-4, &format!("offset grad k={k} s={s}"));
-                assert_close(&to_vec(g_scale), &per_channel(keyed), 1e-4, &format!("scale grad k={k} s={s}"));
-                assert!(layer.filter.val().grad(&grads).is_none(), "the keys got a gradient");
+        let cases = [3, 5, 7].into_iter().flat_map(|k| [(k, 1), (k, 2)]);
+        for (k, s, learn_scale) in cases.flat_map(|(k, s)| [(k, s, false), (k, s, true)]) {
+            let mut rng = SplitMix::new((k * 10 + s) as u64);
+            let mut p = plan(DwMode::Frozen);
+            p.learn_scale = learn_scale;
+            let layer = p.build::<Ad>(0, c, k, s, WeightInit::Normal(0.3), &mut rng, &device);
+            let base = to_vec(layer.filter.val());
+            let xs: Vec<f32> = (0..n * c * h * w).map(|_| rng.normal()).collect();
+            let x = Tensor::<Ad, 4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &device);
+            let out = layer.forward(x);
+            let [_, _, oh, ow] = out.dims();
+            let rs: Vec<f32> = (0..n * c * oh * ow).map(|_| rng.normal()).collect();
+            let r = Tensor::<Ad, 4>::from_data(TensorData::new(rs.clone(), [n, c, oh, ow]), &device);
+            let grads = (out * r).sum().backward();
+            let per_channel = |response: Vec<f64>| -> Vec<f64> {
+                let plane = oh * ow;
+                (0..c)
+                    .map(|ch| {
+                        (0..n)
+                            .flat_map(|b| (0..plane).map(move |i| ((b * c + ch) * plane + i)))
+                            .map(|i| rs[i] as f64 * response[i])
+                            .sum()
+                    })
+                    .collect()
+            };
+            let zeros = vec![0.0; c];
+            let boxed = naive_dw(&xs, n, c, h, w, &vec![1.0; c * k * k], &zeros, k, s);
+            let keyed = naive_dw(&xs, n, c, h, w, &base, &zeros, k, s);
+            let what = format!("k={k} s={s} learn_scale={learn_scale}");
+            let g_offset = layer.offset.as_ref().unwrap().val().grad(&grads).expect("offset gradient");
+            assert_close(&to_vec(g_offset), &per_channel(boxed), 1e-4, &format!("offset grad {what}"));
+            let g_scale = layer.scale.as_ref().unwrap().val().grad(&grads);
+            if learn_scale {
+                let g_scale = g_scale.expect("scale gradient");
+                assert_close(&to_vec(g_scale), &per_channel(keyed), 1e-4, &format!("scale grad {what}"));
+            } else {
+                assert!(g_scale.is_none(), "a frozen scale got a gradient");
             }
+            assert!(layer.filter.val().grad(&grads).is_none(), "the keys got a gradient");
         }
     }
 

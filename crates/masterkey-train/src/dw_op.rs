@@ -55,6 +55,33 @@ pub trait DepthwiseBackend: Backend {
         let options = conv_options(&weight, stride);
         Self::conv2d_weight_backward(x, weight, output_grad, options)
     }
+    /// The forward of [`depthwise_offset`]: the offset is already inside
+    /// `weight`; it is an operand only so that autodiff can reach it.
+    fn depthwise_offset(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        _offset: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        Self::depthwise(x, weight, bias, stride)
+    }
+
+    /// `sum over images and positions of output_grad * box(x)` per channel
+    /// (`[C]`), `box` summing each `kernel x kernel` window: the gradient of
+    /// an offset added to every tap of a filter.
+    fn depthwise_offset_backward(
+        x: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        kernel: usize,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        let c = x.shape().dims::<4>()[1];
+        let ones = Self::float_ones([c, 1, kernel, kernel].into(), &Self::float_device(&x), x.dtype().into());
+        let per_tap = Self::depthwise_weight_backward(x, ones, output_grad, stride);
+        let summed = Self::float_sum_dim(Self::float_sum_dim(per_tap, 3), 2);
+        Self::float_reshape(summed, [c].into())
+    }
 }
 
 fn conv_options<T: TensorMetadata>(weight: &T, stride: usize) -> ConvOptions<2> {
@@ -74,6 +101,26 @@ pub fn depthwise<B: DepthwiseBackend>(
     Tensor::new(TensorPrimitive::Float(B::depthwise(
         float(x.into_primitive()),
         float(weight.into_primitive()),
+        float(bias.into_primitive()),
+        stride,
+    )))
+}
+
+/// [`depthwise`] by filters `a * key + b` whose keys and `a` are frozen: the
+/// constant combined `weight` is applied, and `offset` (`b`, `[C]`) learns
+/// from box sums of the input, so no filter gradient is ever formed.
+pub fn depthwise_offset<B: DepthwiseBackend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    offset: Tensor<B, 1>,
+    bias: Tensor<B, 1>,
+    stride: usize,
+) -> Tensor<B, 4> {
+    let float = |t: TensorPrimitive<B>| t.tensor();
+    Tensor::new(TensorPrimitive::Float(B::depthwise_offset(
+        float(x.into_primitive()),
+        float(weight.detach().into_primitive()),
+        float(offset.into_primitive()),
         float(bias.into_primitive()),
         stride,
     )))
@@ -108,7 +155,57 @@ impl<B: DepthwiseBackend> Backward<B, 3> for DepthwiseBackward {
     }
 }
 
+#[derive(Debug)]
+struct DepthwiseOffsetBackward;
+
+impl<B: DepthwiseBackend> Backward<B, 4> for DepthwiseOffsetBackward {
+    /// Input, weight and bias nodes, kernel size, stride.
+    type State = (NodeId, NodeId, NodeId, usize, usize);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, _constant_weight, node_offset, node_bias] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight, bias, kernel, stride) = ops.state;
+        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x);
+        let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight);
+        let bias = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(bias);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::depthwise_x_backward(x.clone(), weight, grad.clone(), stride));
+        }
+        if let Some(node) = node_offset {
+            grads.register::<B>(node.id, B::depthwise_offset_backward(x.clone(), grad.clone(), kernel, stride));
+        }
+        if let Some(node) = node_bias {
+            grads.register::<B>(node.id, B::conv2d_bias_backward(x, bias, grad));
+        }
+    }
+}
+
 impl<B: DepthwiseBackend, C: CheckpointStrategy> DepthwiseBackend for Autodiff<B, C> {
+    fn depthwise_offset(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        offset: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        let kernel = weight.primitive.shape().dims::<4>()[2];
+        let forward = |x, weight, offset, bias| B::depthwise_offset(x, weight, offset, bias, stride);
+        match DepthwiseOffsetBackward
+            .prepare::<C>([x.node.clone(), weight.node.clone(), offset.node.clone(), bias.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), prep.checkpoint(&bias), kernel, stride);
+                prep.finish(state, forward(x.primitive, weight.primitive, offset.primitive, bias.primitive))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(forward(x.primitive, weight.primitive, offset.primitive, bias.primitive))
+            }
+        }
+    }
+
     fn depthwise(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -194,6 +291,26 @@ impl DepthwiseBackend for Flex {
         });
         tensor(out, [geometry.c, 1, geometry.k, geometry.k])
     }
+
+    fn depthwise_offset_backward(x: FlexTensor, output_grad: FlexTensor, kernel: usize, stride: usize) -> FlexTensor {
+        let dims: [usize; 4] = x.shape().dims();
+        let geometry = Geometry::new(dims, kernel, stride);
+        let (x, grad) = (values(&x), values(&output_grad));
+        let mut out = vec![0.0f32; geometry.c];
+        // One task per channel, images in order, as for the filter gradient.
+        out.par_iter_mut().enumerate().for_each(|(c, out)| {
+            let mut acc = 0.0f64;
+            for n in 0..geometry.n {
+                let plane = n * geometry.c + c;
+                let boxed =
+                    geometry.box_sums(&geometry.padded(&x[plane * geometry.in_plane()..][..geometry.in_plane()]));
+                let grad = &grad[plane * geometry.out_plane()..][..geometry.out_plane()];
+                acc += boxed.iter().zip(grad).map(|(&b, &g)| b as f64 * g as f64).sum::<f64>();
+            }
+            *out = acc as f32;
+        });
+        tensor(out, [geometry.c])
+    }
 }
 
 /// The values of a CPU tensor in row-major order.
@@ -226,10 +343,34 @@ struct Geometry {
 impl Geometry {
     fn of(x: &FlexTensor, weight: &FlexTensor, stride: usize) -> Self {
         let (xd, wd): ([usize; 4], [usize; 4]) = (x.shape().dims(), weight.shape().dims());
-        let (n, c, h, w, k) = (xd[0], xd[1], xd[2], xd[3], wd[2]);
-        assert!(wd[0] == c && wd[1] == 1 && wd[3] == k && k % 2 == 1, "depthwise filters [C, 1, k, k], k odd");
+        assert!(wd[0] == xd[1] && wd[1] == 1 && wd[3] == wd[2], "depthwise filters [C, 1, k, k]");
+        Geometry::new(xd, wd[2], stride)
+    }
+
+    fn new([n, c, h, w]: [usize; 4], k: usize, stride: usize) -> Self {
+        assert!(k % 2 == 1, "depthwise kernels are odd, found {k}");
         let out = |len: usize| (len + 2 * (k / 2) - k) / stride + 1;
         Geometry { n, c, h, w, k, stride, oh: out(h), ow: out(w) }
+    }
+
+    /// The sum of every `k x k` window of a [`Self::padded`] plane that an
+    /// output reads (`oh x ow`): a row pass, then a column pass.
+    fn box_sums(&self, padded: &[f32]) -> Vec<f32> {
+        let (hp, wp) = self.padded_dims();
+        let (k, s) = (self.k, self.stride);
+        let mut across = vec![0.0f32; hp * self.ow];
+        for (row, sums) in padded.chunks_exact(wp).zip(across.chunks_exact_mut(self.ow)) {
+            for (ox, sum) in sums.iter_mut().enumerate() {
+                *sum = row[ox * s..][..k].iter().sum();
+            }
+        }
+        let mut out = vec![0.0f32; self.oh * self.ow];
+        for (oy, sums) in out.chunks_exact_mut(self.ow).enumerate() {
+            for row in across.chunks_exact(self.ow).skip(oy * s).take(k) {
+                sums.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
+            }
+        }
+        out
     }
 
     fn in_plane(&self) -> usize {
@@ -593,6 +734,28 @@ mod tests {
         assert_eq!(got.len(), want.len(), "{what}: lengths");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "{what}[{i}]: {g} vs {w}");
+        }
+    }
+
+    /// The box-sum offset gradient equals the filter gradient summed over
+    /// the taps (what an offset added to every tap receives).
+    #[test]
+    fn offset_gradient_is_the_filter_gradient_summed_over_taps() {
+        for (n, c, h, w) in [(2, 3, 9, 8), (1, 2, 5, 2)] {
+            for k in [3, 5, 7] {
+                for s in [1, 2] {
+                    let mut rng = SplitMix::new((1000 + 100 * k + 10 * s + w) as u64);
+                    let mut draw = |len: usize| (0..len).map(|_| rng.normal()).collect::<Vec<f32>>();
+                    let x = FlexTensor::from_data(TensorData::new(draw(n * c * h * w), [n, c, h, w]));
+                    let ones = FlexTensor::from_data(TensorData::new(vec![1.0f32; c * k * k], [c, 1, k, k]));
+                    let g = Geometry::of(&x, &ones, s);
+                    let grad = FlexTensor::from_data(TensorData::new(draw(n * c * g.oh * g.ow), [n, c, g.oh, g.ow]));
+                    let per_tap = Flex::depthwise_weight_backward(x.clone(), ones, grad.clone(), s);
+                    let summed: Vec<f32> = values(&per_tap).chunks_exact(k * k).map(|t| t.iter().sum()).collect();
+                    let boxed = Flex::depthwise_offset_backward(x, grad, k, s);
+                    close(&values(&boxed), &summed, &format!("n{n} c{c} {h}x{w} k{k} s{s}"));
+                }
+            }
         }
     }
 

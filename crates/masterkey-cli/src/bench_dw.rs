@@ -1,0 +1,104 @@
+//! `masterkey bench dw`: the depthwise operation of `masterkey-train`
+//! against PyTorch's grouped convolution, in the same command.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use masterkey_train::burn::tensor::{Tensor, TensorData};
+use masterkey_train::dw_op::{depthwise, depthwise_offset};
+use masterkey_train::rng::SplitMix;
+use masterkey_train::{CpuBackend, TrainBackend};
+
+use crate::bench::{median, run_reference_with, TORCH_PACKAGES};
+use crate::ui;
+
+const DW_SCRIPT: &str = include_str!("bench_dw.py");
+
+/// Median seconds of `repeats` calls of `f`.
+fn timed(repeats: usize, mut f: impl FnMut()) -> f64 {
+    median(
+        (0..repeats)
+            .map(|_| {
+                let t0 = Instant::now();
+                f();
+                t0.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+pub fn bench_dw(shape: [usize; 4], k: usize, repeats: usize) -> Result<()> {
+    let [n, c, h, w] = shape;
+    let mut rng = SplitMix::new(1);
+    let mut draw = |len: usize| (0..len).map(|_| rng.normal()).collect::<Vec<f32>>();
+    let (xs, ws, gs) = (draw(n * c * h * w), draw(c * k * k), draw(n * c * h * w));
+    let device = Default::default();
+    let tensor = |v: &[f32], shape: [usize; 4]| {
+        Tensor::<TrainBackend, 4>::from_data(TensorData::new(v.to_vec(), shape), &device)
+    };
+    let vector = |v: Vec<f32>| Tensor::<TrainBackend, 1>::from_data(TensorData::new(v, [c]), &device).require_grad();
+
+    let x = Tensor::<CpuBackend, 4>::from_data(TensorData::new(xs.clone(), shape), &device);
+    let weight = Tensor::<CpuBackend, 4>::from_data(TensorData::new(ws.clone(), [c, 1, k, k]), &device);
+    let bias = Tensor::<CpuBackend, 1>::zeros([c], &device);
+    let forward = timed(repeats, || {
+        std::hint::black_box(depthwise(x.clone(), weight.clone(), bias.clone(), 1));
+    });
+    // Inputs made once: a clone shares the data, so only the operation is timed (as in the script).
+    let (x_data, g, weight) = (tensor(&xs, shape), tensor(&gs, shape), tensor(&ws, [c, 1, k, k]));
+    let backward = |frozen: bool| {
+        timed(repeats, || {
+            let x = x_data.clone().require_grad();
+            let bias = vector(vec![0.0; c]);
+            let y = if frozen {
+                depthwise_offset(x.clone(), weight.clone(), vector(vec![0.0; c]), bias, 1)
+            } else {
+                depthwise(x.clone(), weight.clone().require_grad(), bias, 1)
+            };
+            let grads = (y * g.clone()).sum().backward();
+            std::hint::black_box(x.grad(&grads));
+        })
+    };
+    let (trainable, frozen) = (backward(false), backward(true));
+
+    let dir = tempfile::tempdir()?;
+    let args: Vec<String> = [n, c, h, w, k, repeats].iter().map(|v| v.to_string()).collect();
+    let reply = run_reference_with(TORCH_PACKAGES, DW_SCRIPT, dir.path(), &args)?;
+    let theirs = |layout: &str, what: &str| reply[layout][what].as_f64().unwrap_or(f64::NAN);
+    let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
+    println!(
+        "bench dw: depthwise {k}x{k} convolution, stride 1, padding {}, on {n}x{c}x{h}x{w} f32, median of {repeats}, \
+         {threads} cores; PyTorch {} ({} threads) in the same command; forward + backward = (y * g).sum() and its \
+         gradients",
+        k / 2,
+        reply["torch"].as_str().unwrap_or("?"),
+        reply["threads"]
+    );
+    let mut t = ui::table(&[
+        "operation",
+        "masterkey ms",
+        "PyTorch NCHW ms",
+        "PyTorch channels-last ms",
+        "vs NCHW",
+        "vs channels-last",
+    ]);
+    let rows = [
+        ("forward (no autograd)", forward, "forward_s"),
+        ("forward + backward, trainable filters", trainable, "forward_backward_s"),
+        ("forward + backward, frozen keys + learnable offset (PyTorch: trainable)", frozen, "forward_backward_s"),
+    ];
+    for (name, ours, what) in rows {
+        let (nchw, last) = (theirs("nchw", what), theirs("channels_last", what));
+        t.add_row(vec![
+            name.to_string(),
+            format!("{:.1}", ours * 1e3),
+            format!("{:.1}", nchw * 1e3),
+            format!("{:.1}", last * 1e3),
+            format!("{:.2}x", nchw / ours),
+            format!("{:.2}x", last / ours),
+        ]);
+    }
+    println!("{t}");
+    println!("(ratios = PyTorch's median time / masterkey's; above 1 masterkey is faster)");
+    Ok(())
+}
