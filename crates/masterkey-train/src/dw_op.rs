@@ -55,6 +55,7 @@ pub trait DepthwiseBackend: Backend {
         let options = conv_options(&weight, stride);
         Self::conv2d_weight_backward(x, weight, output_grad, options)
     }
+
     /// The forward of [`depthwise_offset`]: the offset is already inside
     /// `weight`; it is an operand only so that autodiff can reach it.
     fn depthwise_offset(
