@@ -504,7 +504,7 @@ mod tests {
                 (0..c)
                     .map(|ch| {
                         (0..n)
-                            .flat_map(|b| (0..plane).map(move |i| ((b * c + ch) * plane + i)))
+                            .flat_map(|b| (0..plane).map(move |i| (b * c + ch) * plane + i))
                             .map(|i| rs[i] as f64 * response[i])
                             .sum()
                     })
