@@ -149,8 +149,10 @@ pub(crate) const DOT_MARGIN: f32 = 2e-5;
 /// (Abramowitz and Stegun 4.4.46, error below 2e-8 rad): in plain f32
 /// arithmetic, so that the AVX2 lanes give the same bits; the callers keep a
 /// whole [`ANGLE_STEP`] (2.4e-5 rad) in hand for its error and rounding.
+/// (The book's first coefficient, 1.5707963050, is pi/2 to within f32's
+/// resolution.)
 const ACOS_POLY: [f32; 8] = [
-    1.570_796_3,
+    std::f32::consts::FRAC_PI_2,
     -0.214_598_8,
     0.088_978_99,
     -0.050_174_3,

@@ -6,8 +6,9 @@
 //!
 //! Hand-written because burn 0.21's CPU backend runs a depthwise 7x7
 //! forward + backward on 128x64x32x32 in about a second (grouped convolution
-//! through a general path), while the direct loops below, one channel plane
-//! per task, keep each row in cache and let the compiler vectorise the taps.
+//! through a general path); the direct kernels below (one channel plane per
+//! task, zero-padded so the inner loops need no bounds, AVX2 intrinsics for
+//! stride 1) bring that to ~0.2 s (`masterkey bench dw`).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
