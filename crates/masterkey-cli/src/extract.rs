@@ -9,7 +9,8 @@ use crate::{print_json, ui, ReadOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model files (safetensors, PyTorch, ONNX, TFLite, TF.js model.json); format detected from content.
+    /// Model files (safetensors, PyTorch, ONNX, TFLite, TF.js model.json; format detected from content), or
+    /// default model ids (fetched; see `masterkey fetch --help`).
     #[arg(required = true)]
     models: Vec<PathBuf>,
     /// Directory to write the filter set to (replaced atomically).
@@ -58,10 +59,19 @@ struct ExtractOutput<'a> {
 }
 
 /// Reads the models with a progress bar; returns the set and a summary per model.
+/// Reads model files and saved filter sets; an argument that is not a file
+/// but a default model's id (`masterkey fetch --help`) is fetched first.
 pub fn read_models(models: &[PathBuf], dead_tol: f32) -> Result<(FilterSet, Vec<ModelSummary>)> {
+    let models = models
+        .iter()
+        .map(|p| match p.to_str() {
+            Some(id) if !p.exists() && masterkey_fetch::model(id).is_some() => crate::replace_cmd::resolve_model(id),
+            _ => Ok(p.clone()),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let bar = ui::progress(models.len() as u64, "reading models");
     let mut summaries = Vec::new();
-    let set = masterkey_formats::read_inputs(models, dead_tol, |path: &Path, model| {
+    let set = masterkey_formats::read_inputs(&models, dead_tol, |path: &Path, model| {
         if let Some(model) = model {
             summaries.push(ModelSummary::of(model));
         }

@@ -12,7 +12,7 @@ pub struct Args {
     /// Bank: a built-in name (published8) or a bank file.
     #[arg(long, default_value = "published8")]
     bank: String,
-    /// Model files or saved filter sets.
+    /// Model files, saved filter sets, or default model ids (fetched; see `masterkey fetch --help`).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Directory to write `fits.csv` (every filter's key, a, b, |cos|) and `fit.json` (the summary).

@@ -24,7 +24,7 @@ enum MethodArg {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Saved filter sets or model files.
+    /// Saved filter sets, model files, or default model ids (fetched; see `masterkey fetch --help`).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Number of keys, or `auto`: the elbow of the coverage-vs-K curve, found by

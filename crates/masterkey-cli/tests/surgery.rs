@@ -197,3 +197,15 @@ fn autoencoder_search_can_be_driven_by_the_probe() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("add --method autoencoder"));
 }
+
+#[test]
+fn model_ids_are_accepted_where_model_files_are() {
+    lite0();
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set");
+    let v = json_of(&masterkey(&["extract", "efficientnet-lite0", "-o", set.to_str().unwrap(), "--json"]));
+    assert_eq!(v["filters"].as_u64(), Some(2_624 + 6_336), "{v}");
+    let out = masterkey(&["extract", "no-such-model-id", "-o", set.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-model-id"));
+}
