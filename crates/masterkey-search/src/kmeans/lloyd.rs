@@ -43,7 +43,7 @@ struct Bounds {
     labels: Vec<u16>,
     /// Whether the filter's dot product with its centroid is negative.
     negative: Vec<bool>,
-    /// The pass that last computed the filter's `|cos|`.
+    /// The pass that last computed the filter's angles.
     pass: Vec<u32>,
     /// Its angle to every (padded) centroid's line at that pass, `padded` per
     /// filter (see `Simd::best_abs`).
