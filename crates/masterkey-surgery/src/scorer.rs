@@ -11,7 +11,7 @@
 use std::sync::Mutex;
 
 use burn::tensor::backend::Backend;
-use masterkey_core::{Bank, Error, KernelSize, Result};
+use masterkey_core::{Bank, DwLayer, Error, KernelSize, Result};
 use masterkey_search::Scorer;
 
 use crate::probe::{Probe, DEAD_TOLERANCE};
@@ -20,7 +20,8 @@ use crate::replace::replace_layer;
 pub struct ProbeScorer<B: Backend> {
     probe: Probe<B>,
     kernel: KernelSize,
-    layers: usize,
+    /// The network's depthwise layers of `kernel`, read once.
+    layers: Vec<DwLayer>,
     images: String,
     /// The first error a score call met (its score was minus infinity).
     failure: Mutex<Option<Error>>,
@@ -30,8 +31,9 @@ impl<B: Backend> ProbeScorer<B> {
     /// Scores banks of `kernel` keys; fails if the network has no depthwise
     /// layer of that size. `images` describes the probe's images.
     pub fn new(probe: Probe<B>, kernel: KernelSize, images: String) -> Result<Self> {
-        let layers = probe.original().depthwise_layers()?.iter().filter(|l| l.kernel == kernel).count();
-        if layers == 0 {
+        let layers: Vec<DwLayer> =
+            probe.original().depthwise_layers()?.into_iter().filter(|l| l.kernel == kernel).collect();
+        if layers.is_empty() {
             return Err(Error::Other(format!(
                 "the probe network has no {kernel} depthwise layer for a {kernel} bank to replace"
             )));
@@ -42,10 +44,8 @@ impl<B: Backend> ProbeScorer<B> {
     /// Minus the mean KL divergence with the `kernel` layers fitted to `bank`.
     pub fn try_score(&self, bank: &Bank) -> Result<f64> {
         let mut weights = self.probe.original().clone();
-        for layer in self.probe.original().depthwise_layers()? {
-            if layer.kernel == self.kernel {
-                weights.set_layer(&replace_layer(&layer, bank, DEAD_TOLERANCE).0)?;
-            }
+        for layer in &self.layers {
+            weights.set_layer(&replace_layer(layer, bank, DEAD_TOLERANCE).0)?;
         }
         Ok(-self.probe.agreement(&weights)?.mean_kl)
     }
@@ -79,7 +79,9 @@ where
         format!(
             "minus the mean KL(original || replaced) of EfficientNet-Lite0 with its {} {} depthwise layers fitted to \
              the keys, on {}",
-            self.layers, self.kernel, self.images
+            self.layers.len(),
+            self.kernel,
+            self.images
         )
     }
 }
