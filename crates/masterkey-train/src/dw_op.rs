@@ -248,6 +248,11 @@ impl DepthwiseBackend for Flex {
     fn depthwise_x_backward(x: FlexTensor, weight: FlexTensor, output_grad: FlexTensor, stride: usize) -> FlexTensor {
         let geometry = Geometry::of(&x, &weight, stride);
         let (weight, grad) = (values(&weight), values(&output_grad));
+        // The input gradient of a stride-1 correlation is the correlation of
+        // the output gradient with the filters turned by 180 degrees, on the
+        // same geometry: turned once here, not per image.
+        let turned: Vec<f32> =
+            weight.chunks_exact(geometry.k * geometry.k).flat_map(|f| f.iter().rev()).copied().collect();
         let mut out = vec![0.0f32; geometry.n * geometry.c * geometry.in_plane()];
         out.par_chunks_mut(geometry.in_plane()).zip(grad.par_chunks(geometry.out_plane())).enumerate().for_each(
             |(plane, (out, grad))| {
@@ -255,15 +260,11 @@ impl DepthwiseBackend for Flex {
                 // first maps the shared zero page, and every first write then
                 // costs a copy-on-write fault with a TLB shootdown.
                 out.fill(0.0);
-                let filter = geometry.filter(&weight, plane % geometry.c);
+                let c = plane % geometry.c;
                 if stride == 1 {
-                    // The input gradient of a stride-1 correlation is the
-                    // correlation of the output gradient with the filter
-                    // turned by 180 degrees, on the same geometry.
-                    let turned: Vec<f32> = filter.iter().rev().copied().collect();
-                    simd::correlate_plane(&geometry, &geometry.padded(grad), &turned, out);
+                    simd::correlate_plane(&geometry, &geometry.padded(grad), geometry.filter(&turned, c), out);
                 } else {
-                    simd::input_grad_plane(&geometry, grad, filter, out);
+                    simd::input_grad_plane(&geometry, grad, geometry.filter(&weight, c), out);
                 }
             },
         );
