@@ -35,6 +35,8 @@ pub const PRESETS: &[(&str, [usize; 4], [usize; 4])] = &[
     ("tiny", [3, 3, 9, 3], [96, 192, 384, 768]),
 ];
 
+const GRN_NORM_FLOOR: f32 = 1e-12;
+
 /// Global response normalisation (ConvNeXt V2) on channels-last input.
 #[derive(Module, Debug)]
 pub struct Grn<B: Backend> {
@@ -49,8 +51,14 @@ impl<B: Backend> Grn<B> {
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, h, w, c] = x.dims();
-        // L2 norm over the spatial axes, per sample and channel.
-        let gx = x.clone().reshape([n, h * w, c]).powi_scalar(2).sum_dim(1).sqrt().reshape([n, 1, 1, c]);
+        // L2 norm over the spatial axes, per sample and channel. The tiny
+        // term keeps the gradient of sqrt finite for a channel that is all
+        // zeros (GELU underflows to exactly 0, and in the last stage of the
+        // small-input variant a channel is one pixel): without it a long run
+        // turns to NaN. It moves the norm by at most 1e-6.
+        let gx = (x.clone().reshape([n, h * w, c]).powi_scalar(2).sum_dim(1) + GRN_NORM_FLOOR)
+            .sqrt()
+            .reshape([n, 1, 1, c]);
         let nx = gx.clone() / (gx.mean_dim(3) + 1e-6);
         broadcast_last::<B, 4>(self.gamma.val()) * (x.clone() * nx) + broadcast_last::<B, 4>(self.beta.val()) + x
     }
@@ -172,5 +180,26 @@ impl<B: Backend> DwLayers<B> for ConvNext<B> {
                 .collect();
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Ad;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn grn_gradients_stay_finite_on_an_all_zero_channel() {
+        let device = Default::default();
+        let mut grn = Grn::<Ad>::new(3, &device);
+        grn.gamma = filled(0.5, [3], &device);
+        // Channel 1 is zero at both pixels of both samples.
+        let values = vec![1.0, 0.0, -2.0, 0.5, 0.0, 3.0, -1.0, 0.0, 0.25, 2.0, 0.0, -0.5];
+        let x = Tensor::<Ad, 4>::from_data(TensorData::new(values, [2, 1, 2, 3]), &device).require_grad();
+        let grads = grn.forward(x.clone()).sum().backward();
+        let dx: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        let dgamma: Vec<f32> = grn.gamma.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        assert!(dx.iter().chain(&dgamma).all(|v| v.is_finite()), "dx {dx:?} dgamma {dgamma:?}");
     }
 }
