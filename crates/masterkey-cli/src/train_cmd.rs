@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use indicatif::ProgressBar;
 use masterkey_train::data::{fashion_mnist_files, DataKind, DataSpec, Dataset};
 use masterkey_train::dw::{AssignmentKind, DwMode};
-use masterkey_train::experiment::{self, all_arms, Arm};
+use masterkey_train::experiment::{self, all_arms, Arm, Share};
 use masterkey_train::models::ModelSpec;
 use masterkey_train::train::{
     evaluate, load_trained, train, DwSettings, EpochMetrics, Observer, Outcome, RunOptions, StepReport, Summary,
@@ -98,6 +98,9 @@ pub struct TrainArgs {
     label_smoothing: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Evaluate on the test set after every N epochs (always after the last).
+    #[arg(long, default_value_t = 1)]
+    eval_every: usize,
 
     /// Output folder: checkpoint/, metrics.jsonl.
     #[arg(short, long, default_value = "results/train")]
@@ -187,6 +190,7 @@ impl TrainArgs {
             warmup_epochs: self.warmup_epochs,
             label_smoothing: self.label_smoothing,
             seed: self.seed,
+            eval_every: self.eval_every,
         })
     }
 
@@ -222,14 +226,16 @@ impl Observer for Bars {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        let test = match (m.test_loss, m.test_accuracy) {
+            (Some(loss), Some(accuracy)) => format!("test loss {loss:.4} acc {:.2}%", 100.0 * accuracy),
+            _ => "(not evaluated)".into(),
+        };
         eprintln!(
-            "epoch {:>3}  lr {:.2e}  train loss {:.4} acc {:.2}%  test loss {:.4} acc {:.2}%  {:.0} img/s{}",
+            "epoch {:>3}  lr {:.2e}  train loss {:.4} acc {:.2}%  {test}  {:.0} img/s{}",
             m.epoch,
             m.lr,
             m.train_loss,
             100.0 * m.train_accuracy,
-            m.test_loss,
-            100.0 * m.test_accuracy,
             m.train_images_per_s,
             if m.dw_frozen { "  (DW frozen)" } else { "" }
         );
@@ -378,9 +384,11 @@ pub struct SmallDataArgs {
     /// --output are set per run by the experiment.
     #[command(flatten)]
     train: TrainArgs,
-    /// Shares of the training set.
-    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.1, 1.0])]
-    fractions: Vec<f64>,
+    /// Shares of the training set, each FRACTION[:EPOCHS[:FREEZE_AFTER[:SEEDS]]] (by default --epochs,
+    /// --freeze-after and all --seeds), e.g. 0.01:20:5,0.1:4:1,1:2:1:2 to give small shares more epochs and
+    /// the full set only the first two seeds.
+    #[arg(long, value_delimiter = ',', default_values_t = ["0.01".to_string(), "0.1".into(), "1".into()])]
+    fractions: Vec<String>,
     #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
     seeds: Vec<u64>,
     /// Arms to run, as labelled in the results (default: all seven).
@@ -395,6 +403,7 @@ pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
     let ExperimentCommand::SmallData(args) = cmd;
     let data = Dataset::load(&args.train.data_spec(), fashion_mnist)?;
     let template = args.train.config(&data)?;
+    let shares = args.fractions.iter().map(|f| Share::parse(f, &template)).collect::<masterkey_core::Result<Vec<_>>>()?;
     let all = all_arms();
     let arms: Vec<Arm> = match &args.arms {
         None => all,
@@ -412,7 +421,7 @@ pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
         &template,
         &data,
         &arms,
-        &args.fractions,
+        &shares,
         &args.seeds,
         &args.results,
         &mut Bars { bar: None },

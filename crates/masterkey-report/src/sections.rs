@@ -542,12 +542,18 @@ struct ArmStats {
     vs_trainable: f64,
 }
 
+#[derive(Deserialize)]
+struct Share {
+    fraction: f64,
+    epochs: usize,
+}
+
 /// `small-data/results.json` as `masterkey experiment small-data` writes it.
 #[derive(Deserialize)]
 struct SmallData {
     model: String,
     dataset: String,
-    epochs: usize,
+    shares: Vec<Share>,
     batch_size: usize,
     lr: f64,
     layer_scale_init: Option<f32>,
@@ -559,11 +565,12 @@ struct SmallData {
 fn small_data(dir: &Path) -> Result<Option<Section>> {
     let exp_dir = dir.join("small-data");
     let Some(exp): Option<SmallData> = read_json(&exp_dir.join("results.json"))? else { return Ok(None) };
+    let budget: Vec<String> = exp.shares.iter().map(|s| format!("{} epochs on {}%", s.epochs, 100.0 * s.fraction)).collect();
     let settings = format!(
-        "model {}, data set {}, {} epochs, batch {}, lr {}, layer-scale init {}, seeds {:?}, {:.0} s of training in all",
+        "model {}, data set {}, {}, batch {}, lr {}, layer-scale init {}, seeds {:?}, {:.0} s of training in all",
         exp.model,
         exp.dataset,
-        exp.epochs,
+        budget.join(", "),
         exp.batch_size,
         exp.lr,
         exp.layer_scale_init.map_or("none".to_string(), |v| v.to_string()),
@@ -616,8 +623,9 @@ struct EpochMetrics {
     epoch: usize,
     train_loss: f64,
     train_accuracy: f64,
-    test_loss: f64,
-    test_accuracy: f64,
+    /// Absent for epochs not evaluated.
+    test_loss: Option<f64>,
+    test_accuracy: Option<f64>,
     train_images_per_s: f64,
 }
 
@@ -636,9 +644,9 @@ fn training_run(dir: &Path) -> Result<Option<Section>> {
     if epochs.is_empty() {
         return Ok(None);
     }
-    let curve = |name: &str, value: fn(&EpochMetrics) -> f64| Series {
+    let curve = |name: &str, value: fn(&EpochMetrics) -> Option<f64>| Series {
         name: name.into(),
-        points: epochs.iter().map(|m| (m.epoch as f64, value(m))).collect(),
+        points: epochs.iter().filter_map(|m| value(m).map(|v| (m.epoch as f64, v))).collect(),
         markers: false,
     };
     let last_epoch = epochs.last().map_or(1, |m| m.epoch) as f64;
@@ -651,9 +659,10 @@ fn training_run(dir: &Path) -> Result<Option<Section>> {
             y_range: 0.0..100.0,
             legend: SeriesLabelPosition::LowerRight,
         },
-        &[curve("test", |m| 100.0 * m.test_accuracy), curve("train", |m| 100.0 * m.train_accuracy)],
+        &[curve("test", |m| m.test_accuracy.map(|a| 100.0 * a)), curve("train", |m| Some(100.0 * m.train_accuracy))],
     );
-    let max_loss = epochs.iter().map(|m| m.train_loss.max(m.test_loss)).fold(0.0f64, f64::max).max(1e-9);
+    let max_loss =
+        epochs.iter().map(|m| m.train_loss.max(m.test_loss.unwrap_or(0.0))).fold(0.0f64, f64::max).max(1e-9);
     let loss = charts::line_chart(
         "Loss per epoch",
         &Axes {
@@ -663,14 +672,17 @@ fn training_run(dir: &Path) -> Result<Option<Section>> {
             y_range: 0.0..max_loss * 1.05,
             legend: SeriesLabelPosition::UpperRight,
         },
-        &[curve("test", |m| m.test_loss), curve("train", |m| m.train_loss)],
+        &[curve("test", |m| m.test_loss), curve("train", |m| Some(m.train_loss))],
     );
     let last = epochs.last().expect("not empty");
+    let Some(final_accuracy) = last.test_accuracy else {
+        return Err(Error::invalid(&path, "its last epoch has no test evaluation (an unfinished run?)"));
+    };
     let mut body = format!(
         "<p>The run in <code>train/</code> (settings in its checkpoint's <code>state.json</code>): {} epochs, final test \
          accuracy {:.2}%, {:.1} training images/s in its last epoch.</p>",
         epochs.len(),
-        100.0 * last.test_accuracy,
+        100.0 * final_accuracy,
         last.train_images_per_s
     );
     body.push_str(&figure(&accuracy, "Train and test accuracy after each epoch, from train/metrics.jsonl."));

@@ -73,8 +73,9 @@ fn results_folder(dir: &Path) -> FitRecord {
 
     // The shape `masterkey experiment small-data` writes.
     let experiment = serde_json::json!({
-        "model": "convnextv2-atto", "dataset": "fashion-mnist", "epochs": 2, "batch_size": 64, "lr": 0.002,
-        "layer_scale_init": null, "seeds": [1, 2], "fractions": [0.01], "total_seconds": 12.5,
+        "model": "convnextv2-atto", "dataset": "fashion-mnist", "batch_size": 64, "lr": 0.002,
+        "layer_scale_init": null, "eval_every": 1, "seeds": [1, 2],
+        "shares": [{"fraction": 0.01, "epochs": 2, "freeze_after": 1}], "total_seconds": 12.5,
         "stats": [
             {"arm": "trainable", "fraction": 0.01, "runs": 2, "mean": 0.7012, "std": 0.01, "min": 0.69, "max": 0.71,
              "vs_trainable": 0.0, "mean_curve": [0.6, 0.7012]},
@@ -86,12 +87,16 @@ fn results_folder(dir: &Path) -> FitRecord {
     fs::create_dir_all(dir.join("small-data")).unwrap();
     fs::write(dir.join("small-data/results.json"), experiment.to_string()).unwrap();
     fs::create_dir_all(dir.join("train")).unwrap();
-    let metrics = [(1, 0.8, 0.61), (2, 0.5, 0.83)]
-        .map(|(epoch, loss, acc)| {
-            serde_json::json!({"epoch": epoch, "step": 10 * epoch, "lr": 0.001, "train_loss": loss, "train_accuracy": acc,
-                "test_loss": loss + 0.1, "test_accuracy": acc - 0.01, "train_images_per_s": 123.4,
-                "dw_frozen": true, "dw_filter_norm": 1.0})
-            .to_string()
+    // Epoch 2 was not evaluated (`--eval-every 3`): no test fields.
+    let metrics = [(1, 0.8, 0.61, true), (2, 0.6, 0.75, false), (3, 0.5, 0.83, true)]
+        .map(|(epoch, loss, acc, evaluated)| {
+            let mut line = serde_json::json!({"epoch": epoch, "step": 10 * epoch, "lr": 0.001, "train_loss": loss,
+                "train_accuracy": acc, "train_images_per_s": 123.4, "dw_frozen": true, "dw_filter_norm": 1.0});
+            if evaluated {
+                line["test_loss"] = serde_json::json!(loss + 0.1);
+                line["test_accuracy"] = serde_json::json!(acc - 0.01);
+            }
+            line.to_string()
         })
         .join("\n");
     fs::write(dir.join("train/metrics.jsonl"), metrics).unwrap();

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::data::Dataset;
 use crate::dw::{AssignmentKind, DwMode};
 use crate::dw_op::DepthwiseAutodiffBackend;
-use crate::train::{train, Observer, Outcome, RunOptions, TrainConfig, CHECKPOINT_DIR, METRICS_FILE};
+use crate::train::{train, EpochMetrics, Observer, Outcome, RunOptions, TrainConfig, CHECKPOINT_DIR, METRICS_FILE};
 
 /// One arm of the comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,43 @@ pub fn all_arms() -> Vec<Arm> {
     ]
 }
 
+/// A share of the training set and the budget every arm gets on it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Share {
+    pub fraction: f64,
+    pub epochs: usize,
+    /// `fit-and-freeze`: epochs trained trainable before the snap.
+    pub freeze_after: usize,
+    /// Only the first this many seeds of the experiment (long runs on big
+    /// shares vary less and cost most); `None`: all.
+    pub seeds: Option<usize>,
+}
+
+impl Share {
+    /// `FRACTION[:EPOCHS[:FREEZE_AFTER[:SEEDS]]]`, the missing parts from `template`.
+    pub fn parse(text: &str, template: &TrainConfig) -> Result<Share> {
+        let bad = || {
+            Error::Other(format!("a share is FRACTION[:EPOCHS[:FREEZE_AFTER[:SEEDS]]], e.g. 0.01:20:5 or 1:2:1:2; got `{text}`"))
+        };
+        let mut parts = text.split(':');
+        let fraction = parts.next().and_then(|p| p.trim().parse().ok()).ok_or_else(bad)?;
+        let mut number = |default: Option<usize>| -> Result<Option<usize>> {
+            parts.next().map_or(Ok(default), |p| p.trim().parse().map(Some).map_err(|_| bad()))
+        };
+        let epochs = number(Some(template.epochs))?.unwrap_or(template.epochs);
+        let freeze_after = number(Some(template.dw.freeze_after))?.unwrap_or(template.dw.freeze_after);
+        let seeds = number(None)?;
+        if parts.next().is_some() || seeds == Some(0) {
+            return Err(bad());
+        }
+        Ok(Share { fraction, epochs, freeze_after, seeds })
+    }
+
+    fn seeds<'a>(&self, seeds: &'a [u64]) -> &'a [u64] {
+        &seeds[..self.seeds.map_or(seeds.len(), |n| n.min(seeds.len()))]
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
     pub arm: String,
@@ -64,8 +101,8 @@ pub struct RunResult {
     pub train_images: usize,
     pub train_images_per_s: f64,
     pub initial_dw_filter_norm: f32,
-    /// Test accuracy after each epoch.
-    pub curve: Vec<f64>,
+    /// Test accuracy after each epoch; `None` where the epoch was not evaluated.
+    pub curve: Vec<Option<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,19 +117,19 @@ pub struct ArmStats {
     pub max: f64,
     /// Mean minus the trainable arm's mean at the same fraction.
     pub vs_trainable: f64,
-    pub mean_curve: Vec<f64>,
+    pub mean_curve: Vec<Option<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ExperimentReport {
     pub model: String,
     pub dataset: String,
-    pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
     pub layer_scale_init: Option<f32>,
+    pub eval_every: usize,
     pub seeds: Vec<u64>,
-    pub fractions: Vec<f64>,
+    pub shares: Vec<Share>,
     pub total_seconds: f64,
     pub stats: Vec<ArmStats>,
     pub runs: Vec<RunResult>,
@@ -102,25 +139,28 @@ fn run_dir(out: &Path, fraction: f64, seed: u64, arm: &Arm) -> PathBuf {
     out.join("runs").join(format!("fraction-{fraction}")).join(format!("seed-{seed}")).join(arm.folder())
 }
 
-/// Trains (or reads back) every arm x fraction x seed of `template`.
+/// Trains (or reads back) every arm x share x seed of `template`.
 pub fn run_experiment<B: DepthwiseAutodiffBackend>(
     template: &TrainConfig,
     data: &Dataset,
     arms: &[Arm],
-    fractions: &[f64],
+    shares: &[Share],
     seeds: &[u64],
     out: &Path,
     observer: &mut dyn Observer,
 ) -> Result<ExperimentReport> {
     let started = std::time::Instant::now();
     let mut runs = Vec::new();
-    for &fraction in fractions {
-        for &seed in seeds {
+    for share in shares {
+        let fraction = share.fraction;
+        for &seed in share.seeds(seeds) {
             let trainable = Arm { mode: DwMode::Trainable, assignment: AssignmentKind::RoundRobin };
             for arm in arms {
                 let mut config = template.clone();
                 config.seed = seed;
                 config.data.fraction = fraction;
+                config.epochs = share.epochs;
+                config.dw.freeze_after = share.freeze_after;
                 config.dw.mode = arm.mode;
                 config.dw.assignment = arm.assignment;
                 if arm.assignment == AssignmentKind::FromCheckpoint {
@@ -153,28 +193,29 @@ pub fn run_experiment<B: DepthwiseAutodiffBackend>(
             }
         }
     }
-    let stats = summarise(&runs, arms, fractions);
+    let fractions: Vec<f64> = shares.iter().map(|s| s.fraction).collect();
+    let stats = summarise(&runs, arms, &fractions);
     Ok(ExperimentReport {
         model: template.model.name.clone(),
         dataset: data.name.clone(),
-        epochs: template.epochs,
         batch_size: template.batch_size,
         lr: template.lr,
         layer_scale_init: template.model.layer_scale_init,
+        eval_every: template.eval_every,
         seeds: seeds.to_vec(),
-        fractions: fractions.to_vec(),
+        shares: shares.to_vec(),
         total_seconds: started.elapsed().as_secs_f64(),
         stats,
         runs,
     })
 }
 
-fn read_curve(path: &Path) -> Result<Vec<f64>> {
+fn read_curve(path: &Path) -> Result<Vec<Option<f64>>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     text.lines()
         .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).map_err(|e| Error::invalid(path, e.to_string()))?;
-            v["test_accuracy"].as_f64().ok_or_else(|| Error::invalid(path, "a line without test_accuracy"))
+            let m: EpochMetrics = serde_json::from_str(l).map_err(|e| Error::invalid(path, e.to_string()))?;
+            Ok(m.test_accuracy)
         })
         .collect()
 }
@@ -198,7 +239,9 @@ fn summarise(runs: &[RunResult], arms: &[Arm], fractions: &[f64]) -> Vec<ArmStat
                 trainable_mean = Some(mean);
             }
             let epochs = mine.iter().map(|r| r.curve.len()).min().unwrap_or(0);
-            let mean_curve = (0..epochs).map(|e| mine.iter().map(|r| r.curve[e]).sum::<f64>() / n).collect();
+            let mean_curve = (0..epochs)
+                .map(|e| mine.iter().map(|r| r.curve[e]).sum::<Option<f64>>().map(|sum| sum / n))
+                .collect();
             stats.push(ArmStats {
                 arm: arm.label(),
                 fraction,
@@ -218,16 +261,29 @@ fn summarise(runs: &[RunResult], arms: &[Arm], fractions: &[f64]) -> Vec<ArmStat
 /// The results table in Markdown: one row per arm, one column per fraction.
 pub fn markdown(report: &ExperimentReport) -> String {
     let mut md = String::new();
+    let budget: Vec<String> = report
+        .shares
+        .iter()
+        .map(|s| {
+            let seeds = s.seeds(&report.seeds);
+            format!(
+                "{}%: {} epochs (fit-and-freeze snaps after {}), seeds {seeds:?}",
+                s.fraction * 100.0,
+                s.epochs,
+                s.freeze_after
+            )
+        })
+        .collect();
     let _ = writeln!(
         md,
-        "Test accuracy (%) on {}, {} with {} epochs, batch {}, peak lr {}, layer-scale init {}; mean ± sample std over seeds {:?} \
-         (difference to trainable in brackets). {:.0} s in all.\n",
+        "Test accuracy (%) on {}, {}, batch {}, peak lr {}, layer-scale init {}; budget per share of the training set: {}; \
+         mean ± sample std over seeds {:?} (difference to trainable in brackets). {:.0} s in all.\n",
         report.dataset,
         report.model,
-        report.epochs,
         report.batch_size,
         report.lr,
         report.layer_scale_init.map_or("none".into(), |v| v.to_string()),
+        budget.join(", "),
         report.seeds,
         report.total_seconds
     );
@@ -243,11 +299,11 @@ pub fn markdown(report: &ExperimentReport) -> String {
         by_arm.entry(i).or_insert_with(|| (s.arm.clone(), Vec::new())).1.push(s);
     }
     let _ = write!(md, "| DW filters |");
-    for f in &report.fractions {
-        let _ = write!(md, " {}% of train |", f * 100.0);
+    for share in &report.shares {
+        let _ = write!(md, " {}% of train |", share.fraction * 100.0);
     }
     let _ = write!(md, "\n|---|");
-    for _ in &report.fractions {
+    for _ in &report.shares {
         let _ = write!(md, "---|");
     }
     md.push('\n');
@@ -273,7 +329,7 @@ pub fn curves_svg(report: &ExperimentReport, fraction: f64) -> String {
     let (w, h, margin) = (640.0, 400.0, 50.0);
     let curves: Vec<&ArmStats> = report.stats.iter().filter(|s| s.fraction == fraction).collect();
     let epochs = curves.iter().map(|s| s.mean_curve.len()).max().unwrap_or(1).max(2);
-    let lo = curves.iter().flat_map(|s| s.mean_curve.iter().copied()).fold(1.0, f64::min).min(0.9);
+    let lo = curves.iter().flat_map(|s| s.mean_curve.iter().flatten().copied()).fold(1.0, f64::min).min(0.9);
     let x = |e: usize| margin + (w - 2.0 * margin) * e as f64 / (epochs - 1) as f64;
     let y = |a: f64| h - margin - (h - 2.0 * margin) * (a - lo) / (1.0 - lo).max(1e-9);
     let mut svg = format!(
@@ -299,13 +355,18 @@ pub fn curves_svg(report: &ExperimentReport, fraction: f64) -> String {
     );
     for (i, s) in curves.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
-        let points: Vec<String> =
-            s.mean_curve.iter().enumerate().map(|(e, &a)| format!("{:.1},{:.1}", x(e), y(a))).collect();
+        // Epochs not evaluated (`--eval-every`) have no point; the line joins the evaluated ones.
+        let points: Vec<(f64, f64)> =
+            s.mean_curve.iter().enumerate().filter_map(|(e, a)| a.map(|a| (x(e), y(a)))).collect();
+        let text: Vec<String> = points.iter().map(|(px, py)| format!("{px:.1},{py:.1}")).collect();
         let _ = writeln!(
             svg,
             "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
-            points.join(" ")
+            text.join(" ")
         );
+        for (px, py) in points {
+            let _ = writeln!(svg, "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"3\" fill=\"{colour}\"/>");
+        }
         let _ = writeln!(
             svg,
             "<text x=\"{}\" y=\"{}\" fill=\"{colour}\">{}</text>",
@@ -323,7 +384,8 @@ pub fn write_report(report: &ExperimentReport, out: &Path) -> Result<()> {
     atomic::write_file(&out.join("results.md"), markdown(report).as_bytes())?;
     let json = serde_json::to_vec_pretty(report).map_err(|e| Error::Other(e.to_string()))?;
     atomic::write_file(&out.join("results.json"), &json)?;
-    for &f in &report.fractions {
+    for share in &report.shares {
+        let f = share.fraction;
         atomic::write_file(&out.join(format!("curves-{f}.svg")), curves_svg(report, f).as_bytes())?;
     }
     Ok(())
@@ -338,25 +400,34 @@ mod tests {
     #[test]
     fn an_experiment_trains_each_arm_reads_finished_runs_back_and_reports() {
         let data = tiny_data(90);
-        let template = TrainConfig { epochs: 2, ..tiny_config(DwMode::Trainable, AssignmentKind::RoundRobin) };
+        let template =
+            TrainConfig { epochs: 2, eval_every: 2, ..tiny_config(DwMode::Trainable, AssignmentKind::RoundRobin) };
         let arms = [
             Arm { mode: DwMode::Trainable, assignment: AssignmentKind::RoundRobin },
             Arm { mode: DwMode::Frozen, assignment: AssignmentKind::FromCheckpoint },
         ];
+        let shares = [
+            Share::parse("0.5:3", &template).unwrap(),
+            Share::parse("1:2:1:1", &template).unwrap(),
+        ];
         let dir = tempfile::tempdir().unwrap();
-        let report =
-            run_experiment::<Ad>(&template, &data, &arms, &[0.5, 1.0], &[1, 2], dir.path(), &mut Quiet).unwrap();
-        assert_eq!(report.runs.len(), 8);
-        assert!(report.runs.iter().all(|r| r.curve.len() == 2));
+        let report = run_experiment::<Ad>(&template, &data, &arms, &shares, &[1, 2], dir.path(), &mut Quiet).unwrap();
+        // Two seeds at 50%, the first one only at 100%.
+        assert_eq!(report.runs.len(), 6);
+        for run in &report.runs {
+            // eval_every 2: the second epoch and the last are evaluated.
+            let expected = if run.fraction == 0.5 { vec![false, true, true] } else { vec![false, true] };
+            assert_eq!(run.curve.iter().map(Option::is_some).collect::<Vec<_>>(), expected);
+            assert_eq!(run.curve.last().unwrap().unwrap(), run.test_accuracy);
+        }
         assert_eq!(report.runs.iter().filter(|r| r.fraction == 0.5).map(|r| r.train_images).max(), Some(45));
         let frozen = report.stats.iter().find(|s| s.arm == "frozen (from-checkpoint)" && s.fraction == 1.0).unwrap();
-        assert_eq!(frozen.runs, 2);
+        assert_eq!(frozen.runs, 1);
         let trainable = report.stats.iter().find(|s| s.arm == "trainable" && s.fraction == 1.0).unwrap();
         assert!((frozen.vs_trainable - (frozen.mean - trainable.mean)).abs() < 1e-12);
 
         // A second call finds every run finished and only reads it back.
-        let again =
-            run_experiment::<Ad>(&template, &data, &arms, &[0.5, 1.0], &[1, 2], dir.path(), &mut Quiet).unwrap();
+        let again = run_experiment::<Ad>(&template, &data, &arms, &shares, &[1, 2], dir.path(), &mut Quiet).unwrap();
         assert_eq!(
             again.runs.iter().map(|r| r.test_accuracy).collect::<Vec<_>>(),
             report.runs.iter().map(|r| r.test_accuracy).collect::<Vec<_>>()
@@ -366,8 +437,16 @@ mod tests {
         write_report(&report, dir.path()).unwrap();
         let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();
         assert!(md.contains("| DW filters | 50% of train | 100% of train |"), "{md}");
+        assert!(
+            md.contains("50%: 3 epochs (fit-and-freeze snaps after 1), seeds [1, 2], 100%: 2 epochs (fit-and-freeze snaps after 1), seeds [1]"),
+            "{md}"
+        );
         assert!(md.lines().any(|l| l.starts_with("| frozen (from-checkpoint) |") && l.contains(" ± ")), "{md}");
         let svg = std::fs::read_to_string(dir.path().join("curves-1.svg")).unwrap();
         assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches("<circle").count(), 2 * 1, "one evaluated epoch per arm at 100%");
+        for bad in ["0.5:x", "0.5:1:1:0", "0.5:1:1:1:1"] {
+            assert!(Share::parse(bad, &template).is_err(), "{bad}");
+        }
     }
 }

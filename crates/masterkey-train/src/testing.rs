@@ -55,6 +55,7 @@ pub fn tiny_config(mode: DwMode, assignment: AssignmentKind) -> TrainConfig {
         warmup_epochs: 0.5,
         label_smoothing: 0.1,
         seed: 7,
+        eval_every: 1,
     }
 }
 

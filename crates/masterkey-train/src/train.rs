@@ -59,14 +59,22 @@ pub struct TrainConfig {
     pub warmup_epochs: f64,
     pub label_smoothing: f32,
     pub seed: u64,
+    /// Evaluate on the test set after every this many epochs (and always
+    /// after the last): evaluation dominates short runs on small shares.
+    #[serde(default = "every_epoch")]
+    pub eval_every: usize,
+}
+
+fn every_epoch() -> usize {
+    1
 }
 
 impl TrainConfig {
     fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Other(m));
         let (mode, assignment) = (self.dw.mode, self.dw.assignment);
-        if self.epochs == 0 || self.batch_size == 0 {
-            return bad("epochs and batch size must be positive".into());
+        if self.epochs == 0 || self.batch_size == 0 || self.eval_every == 0 {
+            return bad("epochs, batch size and evaluation interval must be positive".into());
         }
         if !(self.data.fraction > 0.0 && self.data.fraction <= 1.0) {
             return bad(format!("the training fraction must be in (0, 1], got {}", self.data.fraction));
@@ -105,8 +113,11 @@ pub struct EpochMetrics {
     pub lr: f64,
     pub train_loss: f64,
     pub train_accuracy: f64,
-    pub test_loss: f64,
-    pub test_accuracy: f64,
+    /// Absent for epochs not evaluated (`eval_every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_accuracy: Option<f64>,
     pub train_images_per_s: f64,
     pub dw_frozen: bool,
     pub dw_filter_norm: f32,
@@ -237,6 +248,22 @@ fn smoothed_cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1,
     (log_p * target).sum_dim(1).mean().neg()
 }
 
+/// One optimizer step on a batch: forward, smoothed cross-entropy,
+/// backward, update. Returns the updated model, the logits and the loss.
+pub fn training_step<B: DepthwiseAutodiffBackend, O: Optimizer<Network<B>, B>>(
+    model: Network<B>,
+    optimizer: &mut O,
+    x: Tensor<B, 4>,
+    labels: Tensor<B, 1, Int>,
+    lr: f64,
+    label_smoothing: f32,
+) -> (Network<B>, Tensor<B, 2>, Tensor<B, 1>) {
+    let logits = model.forward(x);
+    let loss = smoothed_cross_entropy(logits.clone(), labels, label_smoothing);
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    (optimizer.step(lr, model, grads), logits, loss)
+}
+
 fn correct<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> usize {
     let n = labels.dims()[0];
     let pred = logits.argmax(1).reshape([n]);
@@ -357,11 +384,10 @@ pub fn train<B: DepthwiseAutodiffBackend>(
         for_each_batch(data, &data.train, &order, config.batch_size, augment, |batch| {
             let n = batch.len();
             let (x, y) = images_tensor::<B>(batch, data.shape, &device);
-            let logits = model.forward(x);
-            let loss = smoothed_cross_entropy(logits.clone(), y.clone(), config.label_smoothing);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
             lr = schedule.lr(state.step);
-            model = optimizer.step(lr, model.clone(), grads);
+            let (next, logits, loss) =
+                training_step(model.clone(), &mut optimizer, x, y.clone(), lr, config.label_smoothing);
+            model = next;
             state.step += 1;
             loss_sum += scalar(loss.inner()) * n as f64;
             hits += correct(logits.inner(), y.inner());
@@ -386,7 +412,13 @@ pub fn train<B: DepthwiseAutodiffBackend>(
         state.train_seconds += seconds;
         state.train_images += seen as u64;
         let valid = model.valid();
-        let (test_loss, test_accuracy) = evaluate(&valid, data, &data.test, config.batch_size)?;
+        let evaluated = (epoch + 1) % config.eval_every == 0 || epoch + 1 == config.epochs;
+        let (test_loss, test_accuracy) = if evaluated {
+            let (loss, accuracy) = evaluate(&valid, data, &data.test, config.batch_size)?;
+            (Some(loss), Some(accuracy))
+        } else {
+            (None, None)
+        };
         let metrics = EpochMetrics {
             epoch: epoch + 1,
             step: state.step,
@@ -407,9 +439,12 @@ pub fn train<B: DepthwiseAutodiffBackend>(
     }
 
     let last = state.history.last().expect("at least one epoch ran");
+    let (Some(test_accuracy), Some(test_loss)) = (last.test_accuracy, last.test_loss) else {
+        return Err(Error::invalid(ckpt.join(checkpoint::STATE_FILE), "the last epoch has no test evaluation"));
+    };
     Ok(Outcome::Finished(Box::new(Summary {
-        test_accuracy: last.test_accuracy,
-        test_loss: last.test_loss,
+        test_accuracy,
+        test_loss,
         train_images_per_s: state.train_images as f64 / state.train_seconds.max(1e-9),
         model: config.model.name.clone(),
         dataset: data.name.clone(),
