@@ -15,7 +15,7 @@ use crate::ui;
 
 /// The references run on these pinned packages, installed into a cache virtualenv.
 const REFERENCE_PACKAGES: &[&str] = &["numpy==2.4.6", "scikit-learn==1.9.1"];
-/// PyTorch for `bench dw` (its Linux wheels pull the CUDA libraries in: several GB, once).
+/// PyTorch for `bench dw` and `bench step` (its Linux wheels pull the CUDA libraries in: several GB, once).
 pub(crate) const TORCH_PACKAGES: &[&str] = &["torch==2.9.1", "numpy==2.4.6"];
 const FIT_SCRIPT: &str = include_str!("bench_fit.py");
 const KMEANS_SCRIPT: &str = include_str!("bench_kmeans.py");
@@ -41,6 +41,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         kernel: usize,
         #[arg(long, default_value_t = 7)]
+        repeats: usize,
+    },
+    /// One training step of the reference model (`train --model reference`) with trainable and with frozen DW
+    /// layers; compare with the same model in PyTorch, NCHW and channels-last.
+    Step {
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Untimed steps first (allocator and caches warm up).
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5)]
         repeats: usize,
     },
     /// k-means (K=8) on N normalised 7x7 filters shaped like trained ones; compare with scikit-learn's KMeans
@@ -76,6 +87,12 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 bail!("bench dw needs an odd kernel and a non-empty shape");
             }
             crate::bench_dw::bench_dw(shape, kernel, repeats.max(1))
+        }
+        BenchCommand::Step { batch, warmup, repeats } => {
+            if batch == 0 {
+                bail!("bench step needs a batch of at least one image");
+            }
+            crate::bench_step::bench_step(batch, warmup, repeats.max(1))
         }
         BenchCommand::Kmeans { filters, keys, iterations, noise, repeats, seed } => {
             bench_kmeans(filters, keys, iterations, noise, repeats.max(1), seed)
