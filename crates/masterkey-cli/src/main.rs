@@ -16,6 +16,7 @@ mod report_cmd;
 mod scalespace_cmd;
 mod search_cmd;
 mod train_cmd;
+mod universality_cmd;
 mod ui;
 
 use std::process::ExitCode;

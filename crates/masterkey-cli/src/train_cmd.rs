@@ -117,7 +117,7 @@ pub struct TrainArgs {
     cuda: bool,
     /// Print one JSON object on stdout as the last line.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(clap::Args)]
@@ -159,7 +159,7 @@ fn parse_layer_scale(text: &str) -> Result<Option<f32>> {
 }
 
 impl TrainArgs {
-    fn config(&self, data: &Dataset) -> Result<TrainConfig> {
+    pub(crate) fn config(&self, data: &Dataset) -> Result<TrainConfig> {
         let [channels, height, _] = data.shape;
         let small = self.small_input.unwrap_or(height <= 64);
         let mut model = ModelSpec::named(&self.model, channels, data.classes, small).map_err(anyhow::Error::msg)?;
@@ -205,7 +205,7 @@ impl TrainArgs {
         })
     }
 
-    fn data_spec(&self) -> DataSpec {
+    pub(crate) fn data_spec(&self) -> DataSpec {
         DataSpec {
             kind: self.dataset,
             path: self.data.clone(),
@@ -218,8 +218,8 @@ impl TrainArgs {
 }
 
 /// A progress bar per epoch and one line per finished epoch, on stderr.
-struct Bars {
-    bar: Option<ProgressBar>,
+pub(crate) struct Bars {
+    pub(crate) bar: Option<ProgressBar>,
 }
 
 impl Observer for Bars {
@@ -268,7 +268,7 @@ fn run_on<B: masterkey_train::dw_op::DepthwiseAutodiffBackend>(
 pub fn run_train(args: TrainArgs) -> Result<()> {
     let data = Dataset::load(&args.data_spec(), fetch_data)?;
     let config = args.config(&data)?;
-    let options = RunOptions { resume: args.resume, halt_after_steps: args.halt_after_steps };
+    let options = RunOptions { resume: args.resume, halt_after_steps: args.halt_after_steps, dw_snapshots: false };
     eprintln!(
         "{} on {} ({} train / {} test, fraction {}), DW {} (bank {}, assignment {}), layer scale init {}",
         config.model.name,
@@ -387,6 +387,9 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
 pub enum ExperimentCommand {
     /// Every DW mode (and frozen assignment) with the same budget and seeds at several training-set shares.
     SmallData(Box<SmallDataArgs>),
+    /// Train networks with trainable DW filters on several real data sets and follow whether their filters
+    /// converge to the published master keys.
+    Universality(Box<crate::universality_cmd::UniversalityArgs>),
 }
 
 #[derive(clap::Args)]
@@ -411,7 +414,10 @@ pub struct SmallDataArgs {
 }
 
 pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
-    let ExperimentCommand::SmallData(args) = cmd;
+    let args = match cmd {
+        ExperimentCommand::SmallData(args) => args,
+        ExperimentCommand::Universality(args) => return crate::universality_cmd::run(*args),
+    };
     let data = Dataset::load(&args.train.data_spec(), fetch_data)?;
     let template = args.train.config(&data)?;
     let shares = args.fractions.iter().map(|f| Share::parse(f, &template)).collect::<masterkey_core::Result<Vec<_>>>()?;

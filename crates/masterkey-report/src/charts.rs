@@ -2,6 +2,8 @@
 
 use plotters::prelude::*;
 
+pub use plotters::chart::SeriesLabelPosition;
+
 /// One line of a line chart, or a set of marked points.
 pub struct Series {
     pub name: String,

@@ -16,7 +16,7 @@
 //! | `small-data/results.json`, `small-data/curves-*.svg` | `experiment small-data -o RESULTS/small-data` | Frozen versus trainable on small data |
 //! | `train/metrics.jsonl` | `train -o RESULTS/train` | Training run |
 
-mod charts;
+pub mod charts;
 mod html;
 mod sections;
 

@@ -174,7 +174,7 @@ pub fn run_experiment<B: DepthwiseAutodiffBackend>(
                 }
                 let dir = run_dir(out, fraction, seed, arm);
                 observer.note(&format!("== {} | fraction {fraction} | seed {seed}", arm.label()));
-                let options = RunOptions { resume: true, halt_after_steps: None };
+                let options = RunOptions { resume: true, halt_after_steps: None, dw_snapshots: false };
                 let summary = match train::<B>(&config, data, &dir, &options, observer)? {
                     Outcome::Finished(s) => s,
                     Outcome::Halted { .. } => unreachable!("experiments never halt"),

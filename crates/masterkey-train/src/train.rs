@@ -16,7 +16,7 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use masterkey_core::{atomic, Bank, Error, Result};
+use masterkey_core::{atomic, Bank, DwLayer, Error, FilterSet, KernelSize, ModelFilters, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, RunState};
@@ -152,6 +152,31 @@ pub struct RunOptions {
     /// Stop abruptly after this many optimizer steps in total, writing
     /// nothing more, as a killed process would (to test `resume`).
     pub halt_after_steps: Option<u64>,
+    /// Save the applied DW filters as a filter set at initialisation and
+    /// after every epoch, in `DW_SNAPSHOT_DIR/epoch-<E>` (E = 0 at init).
+    pub dw_snapshots: bool,
+}
+
+pub const DW_SNAPSHOT_DIR: &str = "dw-snapshots";
+
+/// Folder of the DW snapshot after `epoch` epochs (0: at initialisation).
+pub fn dw_snapshot_dir(out: &Path, epoch: usize) -> PathBuf {
+    out.join(DW_SNAPSHOT_DIR).join(format!("epoch-{epoch}"))
+}
+
+/// The applied DW filters of `model` as a filter set, one layer per DW
+/// layer (`dw<i>` in model order), sourced from `source`.
+pub fn dw_filter_set<B: Backend>(model: &Network<B>, source: &Path) -> Result<FilterSet> {
+    let layers = model
+        .dw_layers()
+        .iter()
+        .enumerate()
+        .map(|(i, l)| DwLayer::new(format!("dw{i}"), KernelSize::square(l.kernel), l.channels(), l.filter_values()))
+        .collect::<std::result::Result<Vec<_>, String>>()
+        .map_err(|e| Error::invalid(source, e))?;
+    let mut set = FilterSet::default();
+    set.add_model(&ModelFilters { source: source.to_path_buf(), format: "masterkey-train".into(), layers });
+    Ok(set)
 }
 
 /// The result of a finished run (the `--json` object).
@@ -353,6 +378,9 @@ pub fn train<B: DepthwiseAutodiffBackend>(
         let assignment = (plan.mode == DwMode::Frozen)
             .then(|| model.dw_layers().iter().map(|l| snap_keys(&l.filter_values(), l.kernel, &plan)).collect());
         let norm = mean_filter_norm(&model.dw_layers());
+        if options.dw_snapshots {
+            dw_filter_set(&model, &dw_snapshot_dir(out, 0))?.save(&dw_snapshot_dir(out, 0))?;
+        }
         (model, new_optimizer(), RunState::new(config.clone(), assignment, norm))
     };
 
@@ -433,6 +461,11 @@ pub fn train<B: DepthwiseAutodiffBackend>(
         };
         state.history.push(metrics.clone());
         state.epochs_done = epoch + 1;
+        // Before the checkpoint: a kill between the two redoes this epoch.
+        if options.dw_snapshots {
+            let dir = dw_snapshot_dir(out, epoch + 1);
+            dw_filter_set(&valid, &dir)?.save(&dir)?;
+        }
         checkpoint::save(&ckpt, &state, &model, &optimizer)?;
         write_metrics(&out.join(METRICS_FILE), &state.history)?;
         observer.epoch_finished(&metrics);
@@ -545,7 +578,7 @@ mod tests {
 
         let cut = tempfile::tempdir().unwrap();
         // 180 images in batches of 16: 12 steps per epoch; halt in epoch 3.
-        let halt = RunOptions { resume: false, halt_after_steps: Some(2 * 12 + 5) };
+        let halt = RunOptions { resume: false, halt_after_steps: Some(2 * 12 + 5), dw_snapshots: false };
         assert!(matches!(
             train::<Ad>(&config, &data, cut.path(), &halt, &mut Quiet).unwrap(),
             Outcome::Halted { step: 29 }
@@ -554,7 +587,7 @@ mod tests {
         assert_eq!((state.epochs_done, state.step), (2, 24));
         let err = train::<Ad>(&config, &data, cut.path(), &RunOptions::default(), &mut Quiet).err().unwrap();
         assert!(err.to_string().contains("--resume"), "{err}");
-        let resume = RunOptions { resume: true, halt_after_steps: None };
+        let resume = RunOptions { resume: true, halt_after_steps: None, dw_snapshots: false };
         let resumed = finish(train::<Ad>(&config, &data, cut.path(), &resume, &mut Quiet).unwrap());
 
         assert_eq!(weights(cut.path()), weights(whole.path()), "resumed weights differ");
