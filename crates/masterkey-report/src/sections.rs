@@ -26,11 +26,12 @@ pub fn collect(dir: &Path) -> Result<Vec<Section>> {
     sections.extend(scalespace(dir)?);
     sections.extend(found_banks(dir)?);
     sections.extend(small_data(dir)?);
+    sections.extend(crate::universality::section(dir)?);
     sections.extend(training_run(dir)?);
     Ok(sections)
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     if !path.is_file() {
         return Ok(None);
     }
@@ -39,7 +40,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 }
 
 /// Files in `dir` named `prefix*.png`, sorted.
-fn pngs(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn pngs(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -52,7 +53,7 @@ fn pngs(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn embedded_png(path: &Path, alt: &str) -> Result<String> {
+pub(crate) fn embedded_png(path: &Path, alt: &str) -> Result<String> {
     let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
     if !bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
         return Err(Error::invalid(path, "expected a PNG image, found other bytes"));
@@ -60,7 +61,7 @@ fn embedded_png(path: &Path, alt: &str) -> Result<String> {
     Ok(png_img(&bytes, alt))
 }
 
-fn short(path: &str) -> String {
+pub(crate) fn short(path: &str) -> String {
     Path::new(path).file_name().map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
@@ -408,7 +409,7 @@ struct Comparison {
 }
 
 /// Files in `dir` whose names end with `suffix`, sorted.
-fn files_ending(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn files_ending(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }

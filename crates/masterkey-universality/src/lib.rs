@@ -268,16 +268,25 @@ mod tests {
         assert_eq!(again.runs, report.runs);
         assert_eq!(again.pooled, report.pooled);
 
-        output::write_results(&report, dir.path()).unwrap();
-        let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();
+        let results = dir.path().join("report").join("universality");
+        output::write_results(&report, &results).unwrap();
+        let md = std::fs::read_to_string(results.join("results.md")).unwrap();
         assert!(md.contains("| all | trained (4 runs) | 128 |"), "{md}");
         assert!(md.contains("| key | k-means, initialisation | autoencoder, initialisation | k-means, trained |"), "{md}");
         assert_eq!(md.lines().filter(|l| l.starts_with("| key")).count(), 1 + 8, "{md}");
         for file in ["banks-all.png", "banks-stripes.png", "matched-per-epoch.svg", "published8-per-epoch.svg"] {
-            assert!(dir.path().join(file).is_file(), "{file}");
+            assert!(results.join(file).is_file(), "{file}");
         }
         let back: UniversalityReport =
-            serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(results.join("results.json")).unwrap()).unwrap();
         assert_eq!(back, report);
+
+        // `masterkey report` reads the folder back: section, tables, pictures.
+        let page = masterkey_report::render(&dir.path().join("report")).unwrap();
+        assert_eq!(page.sections, vec!["Do trained networks converge to the keys?".to_string()]);
+        let trained = &report.pooled[5].stats;
+        assert!(page.html.contains(&format!("{:.3}", trained.kmeans.mean_matched)));
+        assert_eq!(page.html.matches("data:image/png;base64,").count(), 3, "banks of stripes, other-stripes, all");
+        assert_eq!(page.html.matches("<svg").count(), 2);
     }
 }

@@ -149,6 +149,7 @@ fn epoch_chart(report: &UniversalityReport, title: &str, y_desc: &str, value: im
 
 /// Writes `results.md`, `results.json`, the bank pictures and the figures into `out`.
 pub fn write_results(report: &UniversalityReport, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let json = serde_json::to_vec_pretty(report).map_err(|e| Error::Other(e.to_string()))?;
     atomic::write_file(&out.join("results.json"), &json)?;
     atomic::write_file(&out.join("results.md"), markdown(report).as_bytes())?;
