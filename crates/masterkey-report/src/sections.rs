@@ -409,7 +409,20 @@ struct Comparison {
 }
 
 /// Files in `dir` whose names end with `suffix`, sorted.
-pub(crate) fn files_ending(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {
+/// Every `*.svg` of `dir` inlined as a figure, captioned by `caption(file name)`.
+pub(crate) fn svg_figures(dir: &Path, caption: impl Fn(&str) -> String) -> Result<String> {
+    let mut out = String::new();
+    for svg_path in files_ending(dir, ".svg")? {
+        let svg = fs::read_to_string(&svg_path).map_err(|e| Error::io(&svg_path, e))?;
+        if !svg.trim_start().starts_with("<svg") {
+            return Err(Error::invalid(&svg_path, "expected an SVG image, found other content"));
+        }
+        out.push_str(&figure(&svg, &caption(&short(&svg_path.display().to_string()))));
+    }
+    Ok(out)
+}
+
+fn files_ending(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
@@ -602,19 +615,9 @@ fn small_data(dir: &Path) -> Result<Option<Section>> {
         })
         .collect();
     body.push_str(&table(&header, &rows));
-    for svg_path in files_ending(&exp_dir, ".svg")? {
-        let svg = fs::read_to_string(&svg_path).map_err(|e| Error::io(&svg_path, e))?;
-        if !svg.trim_start().starts_with("<svg") {
-            return Err(Error::invalid(&svg_path, "expected an SVG image, found other content"));
-        }
-        body.push_str(&figure(
-            &svg,
-            &format!(
-                "Test accuracy after each epoch, mean over seeds ({}); {settings}.",
-                short(&svg_path.display().to_string())
-            ),
-        ));
-    }
+    body.push_str(&svg_figures(&exp_dir, |name| {
+        format!("Test accuracy after each epoch, mean over seeds ({name}); {settings}.")
+    })?);
     Ok(Some(Section { id: "small-data".into(), title: "Frozen versus trainable on small data".into(), body }))
 }
 

@@ -1,14 +1,13 @@
 //! The section of `experiment universality`: do networks trained here
 //! converge to the published keys?
 
-use std::fs;
 use std::path::Path;
 
 use masterkey_core::{Error, Result};
 use serde::Deserialize;
 
 use crate::html::{escape, figure, table};
-use crate::sections::{embedded_png, files_ending, pngs, read_json, short, Section};
+use crate::sections::{embedded_png, pngs, read_json, short, svg_figures, Section};
 
 #[derive(Deserialize)]
 struct Coverage {
@@ -178,15 +177,8 @@ pub fn section(dir: &Path) -> Result<Option<Section>> {
             ),
         ));
     }
-    for svg_path in files_ending(&exp_dir, ".svg")? {
-        let svg = fs::read_to_string(&svg_path).map_err(|e| Error::io(&svg_path, e))?;
-        if !svg.trim_start().starts_with("<svg") {
-            return Err(Error::invalid(&svg_path, "expected an SVG image, found other content"));
-        }
-        body.push_str(&figure(
-            &svg,
-            &format!("{}: mean over seeds per epoch (0 = initialisation); {settings}.", short(&svg_path.display().to_string())),
-        ));
-    }
+    body.push_str(&svg_figures(&exp_dir, |name| {
+        format!("{name}: mean over seeds per epoch (0 = initialisation); {settings}.")
+    })?);
     Ok(Some(Section { id: "universality".into(), title: "Do trained networks converge to the keys?".into(), body }))
 }
