@@ -326,31 +326,37 @@ pub fn markdown(report: &ExperimentReport) -> String {
 /// fraction, as an SVG line chart.
 pub fn curves_svg(report: &ExperimentReport, fraction: f64) -> String {
     const COLOURS: [&str; 8] = ["#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
-    let (w, h, margin) = (640.0, 400.0, 50.0);
+    // The legend gets its own column right of the plot, so it never covers a curve.
+    let (w, h, margin, legend) = (820.0, 400.0, 50.0, 220.0);
+    let right = w - legend - 10.0;
     let curves: Vec<&ArmStats> = report.stats.iter().filter(|s| s.fraction == fraction).collect();
     let epochs = curves.iter().map(|s| s.mean_curve.len()).max().unwrap_or(1).max(2);
-    let lo = curves.iter().flat_map(|s| s.mean_curve.iter().flatten().copied()).fold(1.0, f64::min).min(0.9);
-    let x = |e: usize| margin + (w - 2.0 * margin) * e as f64 / (epochs - 1) as f64;
-    let y = |a: f64| h - margin - (h - 2.0 * margin) * (a - lo) / (1.0 - lo).max(1e-9);
+    let values = || curves.iter().flat_map(|s| s.mean_curve.iter().flatten().copied());
+    let lo = values().fold(1.0, f64::min).min(0.9);
+    let hi = (values().fold(0.0, f64::max) + 0.05).min(1.0).max(lo + 0.05);
+    let x = |e: usize| margin + (right - margin) * e as f64 / (epochs - 1) as f64;
+    let y = |a: f64| h - margin - (h - 2.0 * margin) * (a - lo) / (hi - lo);
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"{margin}\" y=\"20\">{} on {}, {}% of train: mean test accuracy per epoch</text>\n\
          <line x1=\"{margin}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
          <line x1=\"{margin}\" y1=\"{margin}\" x2=\"{margin}\" y2=\"{}\" stroke=\"black\"/>\n\
-         <text x=\"5\" y=\"{}\">{:.0}%</text><text x=\"5\" y=\"{}\">100%</text>\n\
-         <text x=\"{}\" y=\"{}\">epoch {epochs}</text>\n",
+         <text x=\"5\" y=\"{}\">{:.0}%</text><text x=\"5\" y=\"{}\">{:.0}%</text>\n\
+         <text x=\"{margin}\" y=\"{}\">epoch 1</text><text x=\"{}\" y=\"{}\">epoch {epochs}</text>\n",
         report.model,
         report.dataset,
         fraction * 100.0,
         h - margin,
-        w - margin,
+        right,
         h - margin,
         h - margin,
         y(lo),
         lo * 100.0,
-        y(1.0) + 4.0,
-        w - margin - 40.0,
+        y(hi) + 4.0,
+        hi * 100.0,
+        h - margin + 20.0,
+        right - 50.0,
         h - margin + 20.0,
     );
     for (i, s) in curves.iter().enumerate() {
@@ -370,8 +376,8 @@ pub fn curves_svg(report: &ExperimentReport, fraction: f64) -> String {
         let _ = writeln!(
             svg,
             "<text x=\"{}\" y=\"{}\" fill=\"{colour}\">{}</text>",
-            w - margin - 170.0,
-            h - margin - 20.0 - 15.0 * i as f64,
+            w - legend,
+            margin + 15.0 * i as f64,
             s.arm
         );
     }
