@@ -572,7 +572,7 @@ struct SmallData {
     lr: f64,
     layer_scale_init: Option<f32>,
     seeds: Vec<u64>,
-    total_seconds: f64,
+    training_seconds: f64,
     stats: Vec<ArmStats>,
 }
 
@@ -581,7 +581,7 @@ fn small_data(dir: &Path) -> Result<Option<Section>> {
     let Some(exp): Option<SmallData> = read_json(&exp_dir.join("results.json"))? else { return Ok(None) };
     let budget: Vec<String> = exp.shares.iter().map(|s| format!("{} epochs on {}%", s.epochs, 100.0 * s.fraction)).collect();
     let settings = format!(
-        "model {}, data set {}, {}, batch {}, lr {}, layer-scale init {}, seeds {:?}, {:.0} s of training in all",
+        "model {}, data set {}, {}, batch {}, lr {}, layer-scale init {}, seeds {:?}, {:.0} s of training summed over the runs",
         exp.model,
         exp.dataset,
         budget.join(", "),
@@ -589,7 +589,7 @@ fn small_data(dir: &Path) -> Result<Option<Section>> {
         exp.lr,
         exp.layer_scale_init.map_or("none".to_string(), |v| v.to_string()),
         exp.seeds,
-        exp.total_seconds
+        exp.training_seconds
     );
     let mut body = format!(
         "<p>The same budget and seeds for every depthwise mode, on a share of the training set; test accuracy in \

@@ -70,7 +70,7 @@ struct Universality {
     coverage_threshold: f32,
     seeds: Vec<u64>,
     datasets: Vec<DatasetInfo>,
-    total_seconds: f64,
+    training_seconds: f64,
     runs: Vec<Run>,
     pooled: Vec<Pooled>,
 }
@@ -98,14 +98,14 @@ pub fn section(dir: &Path) -> Result<Option<Section>> {
         .map(|d| format!("{} ({:.0} training images x {} epochs)", d.label, d.train_images as f64 * d.fraction, d.epochs))
         .collect();
     let settings = format!(
-        "{} with trainable {} DW filters on {}; seeds {:?}; banks of K = {}; coverage at |cos| >= {}; {:.0} s in all",
+        "{} with trainable {} DW filters on {}; seeds {:?}; banks of K = {}; coverage at |cos| >= {}; {:.0} s of training summed over the runs",
         exp.model,
         exp.kernel,
         sets.join(", "),
         exp.seeds,
         exp.k,
         exp.coverage_threshold,
-        exp.total_seconds
+        exp.training_seconds
     );
     let mut body = format!(
         "<p>Networks trained here from random initialisation; their DW filters saved at initialisation (the \

@@ -75,7 +75,7 @@ fn results_folder(dir: &Path) -> FitRecord {
     let experiment = serde_json::json!({
         "model": "convnextv2-atto", "dataset": "fashion-mnist", "batch_size": 64, "lr": 0.002,
         "layer_scale_init": null, "eval_every": 1, "seeds": [1, 2],
-        "shares": [{"fraction": 0.01, "epochs": 2, "freeze_after": 1}], "total_seconds": 12.5,
+        "shares": [{"fraction": 0.01, "epochs": 2, "freeze_after": 1}], "training_seconds": 12.5,
         "stats": [
             {"arm": "trainable", "fraction": 0.01, "runs": 2, "mean": 0.7012, "std": 0.01, "min": 0.69, "max": 0.71,
              "vs_trainable": 0.0, "mean_curve": [0.6, 0.7012]},

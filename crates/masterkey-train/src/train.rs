@@ -183,6 +183,9 @@ pub fn dw_filter_set<B: Backend>(model: &Network<B>, source: &Path) -> Result<Fi
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub test_accuracy: f64,
+    /// Time spent in training steps over all epochs (evaluation not included),
+    /// summed across resumes.
+    pub train_seconds: f64,
     pub test_loss: f64,
     pub train_images_per_s: f64,
     pub model: String,
@@ -479,6 +482,7 @@ pub fn train<B: DepthwiseAutodiffBackend>(
         test_accuracy,
         test_loss,
         train_images_per_s: state.train_images as f64 / state.train_seconds.max(1e-9),
+        train_seconds: state.train_seconds,
         model: config.model.name.clone(),
         dataset: data.name.clone(),
         train_fraction: config.data.fraction,

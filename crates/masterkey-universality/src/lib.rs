@@ -50,6 +50,8 @@ pub struct RunStats {
     pub dataset: String,
     pub seed: u64,
     pub test_accuracy: f64,
+    /// Time in training steps (evaluation and analysis not included).
+    pub train_seconds: f64,
     pub epochs: Vec<EpochStats>,
 }
 
@@ -81,7 +83,10 @@ pub struct UniversalityReport {
     pub coverage_threshold: f32,
     pub seeds: Vec<u64>,
     pub datasets: Vec<DatasetInfo>,
+    /// Wall time of this call (small when finished runs are only read back).
     pub total_seconds: f64,
+    /// Training time summed over the runs (evaluation and analysis not included).
+    pub training_seconds: f64,
     pub runs: Vec<RunStats>,
     pub pooled: Vec<PooledStats>,
 }
@@ -141,7 +146,7 @@ pub fn run_universality<B: DepthwiseAutodiffBackend>(
                     stats: analyse(snapshot, kernel, analysis, ends, seed)?,
                 });
             }
-            runs.push(RunStats { dataset: set.label.clone(), seed, test_accuracy: summary.test_accuracy, epochs });
+            runs.push(RunStats { dataset: set.label.clone(), seed, test_accuracy: summary.test_accuracy, train_seconds: summary.train_seconds, epochs });
             let [first, .., last] = &snapshots[..] else { unreachable!("at least two snapshots") };
             init.merge(first.clone());
             trained.merge(last.clone());
@@ -184,6 +189,7 @@ pub fn run_universality<B: DepthwiseAutodiffBackend>(
             })
             .collect(),
         total_seconds: started.elapsed().as_secs_f64(),
+        training_seconds: runs.iter().map(|r| r.train_seconds).sum(),
         runs,
         pooled,
     })
