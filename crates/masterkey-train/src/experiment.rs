@@ -323,7 +323,9 @@ pub fn markdown(report: &ExperimentReport) -> String {
             } else {
                 format!(" ({:+.2})", 100.0 * s.vs_trainable)
             };
-            let _ = write!(md, " {:.2} ± {:.2}{diff} |", 100.0 * s.mean, 100.0 * s.std);
+            // One run has no spread to show.
+            let spread = if s.runs > 1 { format!(" ± {:.2}", 100.0 * s.std) } else { " (1 seed)".into() };
+            let _ = write!(md, " {:.2}{spread}{diff} |", 100.0 * s.mean);
         }
         md.push('\n');
     }
