@@ -2,7 +2,6 @@
 //! covers it, against its own K-key bank and random keys of the same K, and
 //! which published keys its own bank rediscovers.
 
-use masterkey_core::fit::GroupFits;
 use masterkey_core::{fit_set, Bank, Error, FilterSet, FitOptions, KernelSize, Result};
 use masterkey_search::{
     compare, search, AutoencoderOptions, KChoice, KMeansOptions, Method, NormalisedFilters, SearchOptions,
@@ -53,17 +52,18 @@ pub struct SetStats {
     pub autoencoder: Option<FoundBank>,
 }
 
-fn coverage(set: &FilterSet, bank: &Bank) -> Result<(Coverage, GroupFits)> {
+fn coverage(set: &FilterSet, bank: &Bank) -> Result<Coverage> {
     let options = FitOptions { thresholds: vec![COVERAGE_THRESHOLD], ..FitOptions::default() };
-    let (fits, report) = fit_set(set, bank, &options);
-    let key = report
+    let (_, report) = fit_set(set, bank, &options);
+    // One threshold asked, so one coverage value.
+    let coverage = report
         .overall
         .coverage
-        .keys()
+        .values()
         .next()
-        .cloned()
+        .copied()
         .ok_or_else(|| Error::Other("the fit reported no coverage".into()))?;
-    Ok((Coverage { mean_abs_cos: report.overall.mean_abs_cos, coverage: report.overall.coverage[&key] }, fits))
+    Ok(Coverage { mean_abs_cos: report.overall.mean_abs_cos, coverage })
 }
 
 /// How snapshots are analysed.
@@ -92,17 +92,17 @@ pub fn analyse(
     let only = FilterSet { dead_tolerance: set.dead_tolerance, groups: [(kernel, group.clone())].into() };
     let filters = NormalisedFilters::from_group(group);
     let published = Bank::published8();
-    let (published8, _) = coverage(&only, &published)?;
+    let published8 = coverage(&only, &published)?;
     let mut random = Coverage { mean_abs_cos: 0.0, coverage: 0.0 };
     for s in RANDOM_SEEDS {
-        let (c, _) = coverage(&only, &Bank::random(k, kernel, s))?;
+        let c = coverage(&only, &Bank::random(k, kernel, s))?;
         random.mean_abs_cos += c.mean_abs_cos / RANDOM_SEEDS.len() as f64;
         random.coverage += c.coverage / RANDOM_SEEDS.len() as f64;
     }
     let found = |method: Method| -> Result<FoundBank> {
         let options = SearchOptions { method, k: KChoice::Fixed(k), max_k: k, ..SearchOptions::default() };
         let outcome = search(&filters, "a trained network's DW filters", &options, None, &|_, _, _| {})?;
-        let (own, _) = coverage(&only, &outcome.bank)?;
+        let own = coverage(&only, &outcome.bank)?;
         let comparison = compare(&outcome.bank, &published, true);
         let mut matched = vec![0.0; published.len()];
         for pair in &comparison.pairs {
