@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use masterkey_train::burn::tensor::{Tensor, TensorData};
-use masterkey_train::dw_op::{depthwise, depthwise_offset};
+use masterkey_train::dw_op::{depthwise, depthwise_offset, Layout};
 use masterkey_train::rng::SplitMix;
 use masterkey_train::{CpuBackend, TrainBackend};
 
@@ -27,8 +27,14 @@ fn timed(repeats: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
-pub fn bench_dw(shape: [usize; 4], k: usize, repeats: usize) -> Result<()> {
+/// Median seconds of the forward, trainable forward + backward and frozen
+/// forward + backward of masterkey's operation with activations in `layout`.
+fn ours(shape: [usize; 4], k: usize, repeats: usize, layout: Layout) -> [f64; 3] {
     let [n, c, h, w] = shape;
+    let dims = match layout {
+        Layout::ChannelsFirst => shape,
+        Layout::ChannelsLast => [n, h, w, c],
+    };
     let mut rng = SplitMix::new(1);
     let mut draw = |len: usize| (0..len).map(|_| rng.normal()).collect::<Vec<f32>>();
     let (xs, ws, gs) = (draw(n * c * h * w), draw(c * k * k), draw(n * c * h * w));
@@ -38,29 +44,34 @@ pub fn bench_dw(shape: [usize; 4], k: usize, repeats: usize) -> Result<()> {
     };
     let vector = |v: Vec<f32>| Tensor::<TrainBackend, 1>::from_data(TensorData::new(v, [c]), &device).require_grad();
 
-    let x = Tensor::<CpuBackend, 4>::from_data(TensorData::new(xs.clone(), shape), &device);
+    let x = Tensor::<CpuBackend, 4>::from_data(TensorData::new(xs.clone(), dims), &device);
     let weight = Tensor::<CpuBackend, 4>::from_data(TensorData::new(ws.clone(), [c, 1, k, k]), &device);
     let bias = Tensor::<CpuBackend, 1>::zeros([c], &device);
     let forward = timed(repeats, || {
-        std::hint::black_box(depthwise(x.clone(), weight.clone(), bias.clone(), 1));
+        std::hint::black_box(depthwise(x.clone(), weight.clone(), bias.clone(), 1, layout));
     });
     // Inputs made once: a clone shares the data, so only the operation is timed (as in the script).
-    let (x_data, g, weight) = (tensor(&xs, shape), tensor(&gs, shape), tensor(&ws, [c, 1, k, k]));
+    let (x_data, g, weight) = (tensor(&xs, dims), tensor(&gs, dims), tensor(&ws, [c, 1, k, k]));
     let backward = |frozen: bool| {
         timed(repeats, || {
             let x = x_data.clone().require_grad();
             let bias = vector(vec![0.0; c]);
             let y = if frozen {
-                depthwise_offset(x.clone(), weight.clone(), vector(vec![0.0; c]), bias, 1)
+                depthwise_offset(x.clone(), weight.clone(), vector(vec![0.0; c]), bias, 1, layout)
             } else {
-                depthwise(x.clone(), weight.clone().require_grad(), bias, 1)
+                depthwise(x.clone(), weight.clone().require_grad(), bias, 1, layout)
             };
             let grads = (y * g.clone()).sum().backward();
             std::hint::black_box(x.grad(&grads));
         })
     };
-    let (trainable, frozen) = (backward(false), backward(true));
+    [forward, backward(false), backward(true)]
+}
 
+pub fn bench_dw(shape: [usize; 4], k: usize, repeats: usize) -> Result<()> {
+    let [n, c, h, w] = shape;
+    let first = ours(shape, k, repeats, Layout::ChannelsFirst);
+    let last = ours(shape, k, repeats, Layout::ChannelsLast);
     let dir = tempfile::tempdir()?;
     let args: Vec<String> = [n, c, h, w, k, repeats].iter().map(|v| v.to_string()).collect();
     let reply = run_reference_with(TORCH_PACKAGES, DW_SCRIPT, dir.path(), &args)?;
@@ -76,27 +87,29 @@ pub fn bench_dw(shape: [usize; 4], k: usize, repeats: usize) -> Result<()> {
     );
     let mut t = ui::table(&[
         "operation",
+        "layout",
         "masterkey ms",
-        "PyTorch NCHW ms",
-        "PyTorch channels-last ms",
-        "vs NCHW",
-        "vs channels-last",
+        "PyTorch ms, same layout",
+        "vs same layout",
+        "vs PyTorch channels-last",
     ]);
-    let rows = [
-        ("forward (no autograd)", forward, "forward_s"),
-        ("forward + backward, trainable filters", trainable, "forward_backward_s"),
-        ("forward + backward, frozen keys + learnable offset (PyTorch: trainable)", frozen, "forward_backward_s"),
+    let operations = [
+        ("forward (no autograd)", "forward_s"),
+        ("forward + backward, trainable filters", "forward_backward_s"),
+        ("forward + backward, frozen keys + learnable offset (PyTorch: trainable)", "forward_backward_s"),
     ];
-    for (name, ours, what) in rows {
-        let (nchw, last) = (theirs("nchw", what), theirs("channels_last", what));
-        t.add_row(vec![
-            name.to_string(),
-            format!("{:.1}", ours * 1e3),
-            format!("{:.1}", nchw * 1e3),
-            format!("{:.1}", last * 1e3),
-            format!("{:.2}x", nchw / ours),
-            format!("{:.2}x", last / ours),
-        ]);
+    for (i, (name, what)) in operations.into_iter().enumerate() {
+        for (layout, times, key) in [("NCHW", first, "nchw"), ("channels-last", last, "channels_last")] {
+            let (same, channels_last) = (theirs(key, what), theirs("channels_last", what));
+            t.add_row(vec![
+                name.to_string(),
+                layout.to_string(),
+                format!("{:.1}", times[i] * 1e3),
+                format!("{:.1}", same * 1e3),
+                format!("{:.2}x", same / times[i]),
+                format!("{:.2}x", channels_last / times[i]),
+            ]);
+        }
     }
     println!("{t}");
     println!("(ratios = PyTorch's median time / masterkey's; above 1 masterkey is faster)");

@@ -17,7 +17,7 @@ use masterkey_core::kernel::{is_dead, mean_and_centered_norm, normalise, KernelS
 use masterkey_core::Bank;
 use serde::{Deserialize, Serialize};
 
-use crate::dw_op::{depthwise, depthwise_offset, DepthwiseBackend};
+use crate::dw_op::{depthwise, depthwise_offset, DepthwiseBackend, Layout};
 use crate::layers::{filled, frozen, param, WeightInit};
 use crate::rng::SplitMix;
 
@@ -294,14 +294,15 @@ impl<B: Backend> DwConv<B> {
 }
 
 impl<B: DepthwiseBackend> DwConv<B> {
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// `x` and the result in `layout`.
+    pub fn forward(&self, x: Tensor<B, 4>, layout: Layout) -> Tensor<B, 4> {
         match (&self.scale, &self.offset) {
             // Keys and `a` frozen: only `b` learns, from box sums, and no
             // filter gradient is formed.
             (Some(scale), Some(offset)) if !scale.val().is_require_grad() => {
-                depthwise_offset(x, self.effective_filter(), offset.val(), self.bias.val(), self.stride)
+                depthwise_offset(x, self.effective_filter(), offset.val(), self.bias.val(), self.stride, layout)
             }
-            _ => depthwise(x, self.effective_filter(), self.bias.val(), self.stride),
+            _ => depthwise(x, self.effective_filter(), self.bias.val(), self.stride, layout),
         }
     }
 }
@@ -463,7 +464,7 @@ mod tests {
                     let xs: Vec<f32> = (0..n * c * h * w).map(|_| rng.normal()).collect();
                     let x =
                         Tensor::<Ad, 4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &device).require_grad();
-                    let out = layer.forward(x.clone());
+                    let out = layer.forward(x.clone(), Layout::ChannelsFirst);
                     let [_, _, oh, ow] = out.dims();
                     let expected = naive_dw(&xs, n, c, h, w, &filt, &to_vec(layer.bias.val()), k, s);
                     assert_eq!(out.dims(), [n, c, (h - 1) / s + 1, (w - 1) / s + 1]);
@@ -494,7 +495,7 @@ mod tests {
             let base = to_vec(layer.filter.val());
             let xs: Vec<f32> = (0..n * c * h * w).map(|_| rng.normal()).collect();
             let x = Tensor::<Ad, 4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &device);
-            let out = layer.forward(x);
+            let out = layer.forward(x, Layout::ChannelsFirst);
             let [_, _, oh, ow] = out.dims();
             let rs: Vec<f32> = (0..n * c * oh * ow).map(|_| rng.normal()).collect();
             let r = Tensor::<Ad, 4>::from_data(TensorData::new(rs.clone(), [n, c, oh, ow]), &device);
@@ -544,7 +545,7 @@ mod tests {
                 TensorData::new((0..2 * 8 * 10 * 10).map(|_| rng.normal()).collect::<Vec<f32>>(), [2, 8, 10, 10]),
                 &device,
             );
-            let loss = layer.forward(x).powi_scalar(2).mean();
+            let loss = layer.forward(x, Layout::ChannelsFirst).powi_scalar(2).mean();
             let grads = GradientsParams::from_grads(loss.backward(), &layer);
             assert!(grads.get::<Cpu, 4>(layer.filter.id).is_none(), "the bank weights got a gradient");
             layer = optim.step(1e-2, layer, grads);

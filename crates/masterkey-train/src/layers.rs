@@ -110,6 +110,10 @@ impl<B: Backend> Conv<B> {
         let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
         conv2d(x, self.weight.val(), self.bias.as_ref().map(Param::val), options)
     }
+    /// On `[N, H, W, C]` in and out (burn's convolution reads channels first).
+    pub fn forward_channels_last(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward(x.permute([0, 3, 1, 2])).permute([0, 2, 3, 1])
+    }
 }
 
 /// LayerNorm over the last axis (eps 1e-6 as in ConvNeXt).
@@ -132,10 +136,6 @@ impl<B: Backend> LastAxisNorm<B> {
         let normed = centred / (var + LAYER_NORM_EPS).sqrt();
         normed * broadcast_last(self.gamma.val()) + broadcast_last(self.beta.val())
     }
-    /// On `[N, C, H, W]`: normalises over `C` ("channels first" LayerNorm).
-    pub fn forward_channels_first(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.forward(x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
-    }
 }
 
 /// `[C]` as `[1, .., 1, C]` for broadcasting over the last axis.
@@ -150,4 +150,10 @@ pub fn broadcast_last<B: Backend, const D: usize>(v: Tensor<B, 1>) -> Tensor<B, 
 pub fn global_mean<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
     let [n, c, h, w] = x.dims();
     x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
+}
+
+/// Global average pooling `[N, H, W, C] -> [N, C]`.
+pub fn global_mean_channels_last<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [n, h, w, c] = x.dims();
+    x.reshape([n, h * w, c]).mean_dim(1).reshape([n, c])
 }

@@ -1,8 +1,8 @@
 //! ConvNeXt (Liu et al. 2022) and ConvNeXt V2 (Woo et al. 2023, with GRN).
 //!
-//! Block: `x + gamma * Linear(GELU(Linear(LN(DW7x7(x))))[, GRN])`, on
-//! channels-last tensors between the DW conv and the residual sum. V1 scales
-//! the branch by a learnable layer scale `gamma` (official init 1e-6); V2
+//! Block: `x + gamma * Linear(GELU(Linear(LN(DW7x7(x))))[, GRN])`, all on
+//! channels-last tensors. V1 scales the branch by a learnable layer scale
+//! `gamma` (official init 1e-6); V2
 //! drops it and adds GRN after the GELU. Stochastic depth and dropout are not
 //! implemented (a run stays a function of its seed), so results compare with
 //! the official recipes run with `drop_path = 0`.
@@ -12,14 +12,14 @@
 //! 16/8/4/2 px (28 px: 14/7/3/1) instead of 56/28/14/7 at 224 px; the
 //! downsampling layers (LN + 2x2 stride-2 conv) and stages are unchanged.
 
-use crate::dw_op::DepthwiseBackend;
+use crate::dw_op::{DepthwiseBackend, Layout};
 use burn::module::{Module, Param};
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::dw::{DwConv, DwLayers, DwPlan};
-use crate::layers::{broadcast_last, filled, global_mean, Conv, Dense, LastAxisNorm, WeightInit};
+use crate::layers::{broadcast_last, filled, global_mean_channels_last, Conv, Dense, LastAxisNorm, WeightInit};
 use crate::models::ModelSpec;
 use crate::rng::SplitMix;
 
@@ -75,8 +75,9 @@ pub struct Block<B: Backend> {
 }
 
 impl<B: DepthwiseBackend> Block<B> {
+    /// `x` channels-last, `[N, H, W, C]`.
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let y = self.dw.forward(x.clone()).permute([0, 2, 3, 1]);
+        let y = self.dw.forward(x.clone(), Layout::ChannelsLast);
         let mut y = gelu(self.expand.forward(self.norm.forward(y)));
         if let Some(grn) = &self.grn {
             y = grn.forward(y);
@@ -85,7 +86,7 @@ impl<B: DepthwiseBackend> Block<B> {
         if let Some(gamma) = &self.layer_scale {
             y = y * broadcast_last::<B, 4>(gamma.val());
         }
-        x + y.permute([0, 3, 1, 2])
+        x + y
     }
 }
 
@@ -149,16 +150,18 @@ impl<B: DepthwiseBackend> ConvNext<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = self.stem_norm.forward_channels_first(self.stem.forward(x));
+        // Channels-last from the stem on, as LayerNorm, the MLP and the DW
+        // operation read it; only the stride-2 convolutions see channels first.
+        let mut x = self.stem_norm.forward(self.stem.forward(x).permute([0, 2, 3, 1]));
         for stage in &self.stages {
             if let Some(down) = &stage.downsample {
-                x = down.conv.forward(down.norm.forward_channels_first(x));
+                x = down.conv.forward_channels_last(down.norm.forward(x));
             }
             for block in &stage.blocks {
                 x = block.forward(x);
             }
         }
-        self.head.forward(self.head_norm.forward(global_mean(x)))
+        self.head.forward(self.head_norm.forward(global_mean_channels_last(x)))
     }
 }
 

@@ -9,7 +9,7 @@
 //! stage (24 channels) at stride 1, so a 32 px image keeps 32/32/16/8/8/4 px
 //! (the usual CIFAR adaptation) instead of 112/56/28/14/14/7 at 224 px.
 
-use crate::dw_op::DepthwiseBackend;
+use crate::dw_op::{DepthwiseBackend, Layout};
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::backend::Backend;
@@ -70,7 +70,7 @@ impl<B: DepthwiseBackend> InvertedResidual<B> {
         if let Some(expand) = &self.expand {
             y = relu6(expand.forward(y));
         }
-        let y = self.project.forward(relu6(self.dw_bn.forward(self.dw.forward(y))));
+        let y = self.project.forward(relu6(self.dw_bn.forward(self.dw.forward(y, Layout::ChannelsFirst))));
         if self.residual {
             x + y
         } else {

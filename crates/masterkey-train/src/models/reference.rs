@@ -5,14 +5,14 @@
 //! The benchmark's model is `W = 64`, `B = 4`; tests use smaller ones. Weights
 //! are drawn as ConvNeXt draws them (`trunc_normal_(0.02)`).
 
-use crate::dw_op::DepthwiseBackend;
+use crate::dw_op::{DepthwiseBackend, Layout};
 use burn::module::Module;
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::dw::{DwConv, DwLayers, DwPlan};
-use crate::layers::{global_mean, Conv, Dense, LastAxisNorm, WeightInit};
+use crate::layers::{global_mean_channels_last, Conv, Dense, LastAxisNorm, WeightInit};
 use crate::models::ModelSpec;
 use crate::rng::SplitMix;
 
@@ -50,13 +50,14 @@ impl<B: DepthwiseBackend> Reference<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = self.stem.forward(x);
+        // Channels-last after the stem, as LayerNorm and the MLP read it: no
+        // permutes inside the blocks.
+        let mut x = self.stem.forward(x).permute([0, 2, 3, 1]);
         for b in &self.blocks {
-            let y = b.dw.forward(x.clone()).permute([0, 2, 3, 1]);
-            let y = b.project.forward(gelu(b.expand.forward(b.norm.forward(y))));
-            x = x + y.permute([0, 3, 1, 2]);
+            let y = b.dw.forward(x.clone(), Layout::ChannelsLast);
+            x = x + b.project.forward(gelu(b.expand.forward(b.norm.forward(y))));
         }
-        self.head.forward(global_mean(x))
+        self.head.forward(global_mean_channels_last(x))
     }
 }
 

@@ -1,0 +1,575 @@
+//! Channels-last (`[N, H, W, C]`) depthwise kernels. The channels of a pixel
+//! are contiguous, so every tap is one vector multiply-add across channels
+//! with no shuffles, and the rest of a ConvNeXt block (LayerNorm, the MLP's
+//! matrix products, the residual sum) reads the same layout: no permute
+//! copies, forward or backward.
+//!
+//! Each image is first spread into a zero-bordered buffer whose channels are
+//! padded to whole vectors (one buffer per worker, reused), so the inner loops
+//! carry no bounds. The kernels are written once over [`Vector`] and compiled
+//! for AVX-512, AVX2 and plain Rust; the widest the CPU has is used.
+
+use rayon::prelude::*;
+
+/// Sizes of one channels-last depthwise convolution.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Shape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Shape {
+    pub fn new([n, h, w, c]: [usize; 4], k: usize, stride: usize) -> Self {
+        assert!(k % 2 == 1, "depthwise kernels are odd, found {k}");
+        let out = |len: usize| (len + 2 * (k / 2) - k) / stride + 1;
+        Shape { n, h, w, c, k, stride, oh: out(h), ow: out(w) }
+    }
+
+    fn image(&self) -> usize {
+        self.h * self.w * self.c
+    }
+
+    fn out_image(&self) -> usize {
+        self.oh * self.ow * self.c
+    }
+
+    fn taps(&self) -> usize {
+        self.k * self.k
+    }
+}
+
+/// The instruction set the kernels run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    /// The widest one this CPU has.
+    pub fn best() -> Isa {
+        *Isa::available().first().expect("the portable kernels always run")
+    }
+
+    /// Every one this CPU runs, widest first.
+    pub fn available() -> Vec<Isa> {
+        let mut isas = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            let has = |f: &str| match f {
+                "avx512f" => std::is_x86_feature_detected!("avx512f"),
+                _ => std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+            };
+            if has("avx512f") && has("avx2") {
+                isas.push(Isa::Avx512);
+            }
+            if has("avx2") {
+                isas.push(Isa::Avx2);
+            }
+        }
+        isas.push(Isa::Portable);
+        isas
+    }
+
+    fn lanes(self) -> usize {
+        match self {
+            Isa::Avx512 => 16,
+            Isa::Avx2 | Isa::Portable => 8,
+        }
+    }
+}
+
+/// One correlation of a zero-bordered buffer (`(rows - 1) * stride + k` rows
+/// of `width` pixels of `padded` floats) with `k x k` taps into `rows x cols`
+/// outputs of `channels` floats.
+#[derive(Clone, Copy, Debug)]
+struct Grid {
+    rows: usize,
+    cols: usize,
+    width: usize,
+    channels: usize,
+    padded: usize,
+    k: usize,
+    stride: usize,
+}
+
+impl Grid {
+    fn buffer_rows(&self) -> usize {
+        (self.rows - 1) * self.stride + self.k
+    }
+
+    fn buffer_len(&self) -> usize {
+        self.buffer_rows() * self.width * self.padded
+    }
+
+    /// The grid of a forward pass: outputs `oh x ow` read the input
+    /// bordered by `k/2` (and cut where the stride leaves the last rows unread).
+    fn forward(s: &Shape, isa: Isa) -> Grid {
+        Grid {
+            rows: s.oh,
+            cols: s.ow,
+            width: (s.ow - 1) * s.stride + s.k,
+            channels: s.c,
+            padded: s.c.div_ceil(isa.lanes()) * isa.lanes(),
+            k: s.k,
+            stride: s.stride,
+        }
+    }
+
+    /// The grid of the input gradient: a stride-1 correlation of the output
+    /// gradient, spread `stride` apart and bordered by `k/2`, with the taps
+    /// turned by 180 degrees, giving `h x w` values.
+    fn input_grad(s: &Shape, isa: Isa) -> Grid {
+        Grid { rows: s.h, cols: s.w, width: s.w + s.k - 1, stride: 1, ..Grid::forward(s, isa) }
+    }
+
+    /// Copies a `src_rows x src_cols x channels` image into `buffer`: pixel
+    /// `(i, j)` goes to `(border + i * step, border + j * step)`, every other
+    /// value (border, gaps, padded channels) is zero, pixels past the buffer
+    /// are dropped.
+    fn spread(&self, src: &[f32], src_rows: usize, src_cols: usize, step: usize, buffer: &mut Vec<f32>) {
+        let (c, cp, border) = (self.channels, self.padded, self.k / 2);
+        buffer.clear();
+        buffer.resize(self.buffer_len(), 0.0);
+        for (i, row) in src.chunks_exact(src_cols * c).enumerate().take(src_rows) {
+            let y = border + i * step;
+            if y >= self.buffer_rows() {
+                break;
+            }
+            let dst = &mut buffer[y * self.width * cp..][..self.width * cp];
+            if step == 1 && cp == c {
+                let cols = src_cols.min(self.width - border);
+                dst[border * cp..][..cols * c].copy_from_slice(&row[..cols * c]);
+                continue;
+            }
+            for (j, pixel) in row.chunks_exact(c).enumerate() {
+                let x = border + j * step;
+                if x >= self.width {
+                    break;
+                }
+                dst[x * cp..][..c].copy_from_slice(pixel);
+            }
+        }
+    }
+}
+
+/// Taps as `[k * k][padded]` (channels contiguous, zero past `c`), from
+/// filters `[C, 1, k, k]`, optionally turned by 180 degrees.
+fn taps(weight: &[f32], s: &Shape, padded: usize, turned: bool) -> Vec<f32> {
+    let taps = s.taps();
+    let mut out = vec![0.0f32; taps * padded];
+    for (c, filter) in weight.chunks_exact(taps).enumerate() {
+        for (t, &v) in filter.iter().enumerate() {
+            let t = if turned { taps - 1 - t } else { t };
+            out[t * padded + c] = v;
+        }
+    }
+    out
+}
+
+/// `x [N, H, W, C]` by filters `[C, 1, k, k]` plus `bias [C]`: `[N, OH, OW, C]`.
+pub(super) fn forward(isa: Isa, s: &Shape, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let grid = Grid::forward(s, isa);
+    let taps = taps(weight, s, grid.padded, false);
+    let mut padded_bias = bias.to_vec();
+    padded_bias.resize(grid.padded, 0.0);
+    let mut out = vec![0.0f32; s.n * s.out_image()];
+    out.par_chunks_mut(s.out_image()).zip(x.par_chunks(s.image())).for_each_init(Vec::new, |buffer, (out, x)| {
+        grid.spread(x, s.h, s.w, 1, buffer);
+        kernels::correlate(isa, &grid, buffer, &taps, &padded_bias, out);
+    });
+    out
+}
+
+/// The gradient of `x`, given that of the output.
+pub(super) fn input_grad(isa: Isa, s: &Shape, weight: &[f32], grad: &[f32]) -> Vec<f32> {
+    let grid = Grid::input_grad(s, isa);
+    let taps = taps(weight, s, grid.padded, true);
+    let zeros = vec![0.0f32; grid.padded];
+    let mut out = vec![0.0f32; s.n * s.image()];
+    out.par_chunks_mut(s.image()).zip(grad.par_chunks(s.out_image())).for_each_init(Vec::new, |buffer, (out, grad)| {
+        grid.spread(grad, s.oh, s.ow, s.stride, buffer);
+        kernels::correlate(isa, &grid, buffer, &taps, &zeros, out);
+    });
+    out
+}
+
+/// The gradient of the filters (`[C, 1, k, k]`), given that of the output:
+/// one partial sum per image, added in image order in f64, so the result
+/// does not depend on the number of threads.
+pub(super) fn filter_grad(isa: Isa, s: &Shape, x: &[f32], grad: &[f32]) -> Vec<f32> {
+    let grid = Grid::forward(s, isa);
+    let per_image = s.taps() * grid.padded;
+    let mut partials = vec![0.0f32; s.n * per_image];
+    partials.par_chunks_mut(per_image).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(buffer, spread_grad), (n, partial)| {
+            grid.spread(&x[n * s.image()..][..s.image()], s.h, s.w, 1, buffer);
+            let grad = &grad[n * s.out_image()..][..s.out_image()];
+            let grad = if grid.padded == s.c {
+                grad
+            } else {
+                let plain = Grid { k: 1, width: s.ow, stride: 1, ..grid };
+                plain.spread(grad, s.oh, s.ow, 1, spread_grad);
+                spread_grad.as_slice()
+            };
+            kernels::filter_grad(isa, &grid, buffer, grad, partial);
+        },
+    );
+    let mut out = vec![0.0f32; s.c * s.taps()];
+    out.par_chunks_mut(s.taps()).enumerate().for_each(|(c, filter)| {
+        for (t, value) in filter.iter_mut().enumerate() {
+            *value = partials.chunks_exact(per_image).map(|p| p[t * grid.padded + c] as f64).sum::<f64>() as f32;
+        }
+    });
+    out
+}
+
+/// `sum over images and pixels of grad * box(x)` per channel (`[C]`), `box`
+/// summing each `k x k` window an output reads: the gradient of an offset
+/// added to every tap. A row pass then a column pass, `2k` additions per
+/// value instead of the `k * k` multiply-adds of the filter gradient.
+pub(super) fn offset_grad(isa: Isa, s: &Shape, x: &[f32], grad: &[f32]) -> Vec<f32> {
+    let grid = Grid::forward(s, isa);
+    let mut partials = vec![0.0f64; s.n * s.c];
+    partials.par_chunks_mut(s.c).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(buffer, across), (n, partial)| {
+            grid.spread(&x[n * s.image()..][..s.image()], s.h, s.w, 1, buffer);
+            box_grad(&grid, buffer, &grad[n * s.out_image()..][..s.out_image()], across, partial);
+        },
+    );
+    (0..s.c).map(|c| partials.chunks_exact(s.c).map(|p| p[c]).sum::<f64>() as f32).collect()
+}
+
+fn box_grad(g: &Grid, buffer: &[f32], grad: &[f32], across: &mut Vec<f32>, acc: &mut [f64]) {
+    let (c, cp, s, k) = (g.channels, g.padded, g.stride, g.k);
+    across.clear();
+    across.resize(g.buffer_rows() * g.cols * cp, 0.0);
+    for (row, sums) in buffer.chunks_exact(g.width * cp).zip(across.chunks_exact_mut(g.cols * cp)) {
+        for (ox, sum) in sums.chunks_exact_mut(cp).enumerate() {
+            for pixel in row[ox * s * cp..][..k * cp].chunks_exact(cp) {
+                sum.iter_mut().zip(pixel).for_each(|(a, &v)| *a += v);
+            }
+        }
+    }
+    let mut window = vec![0.0f32; g.cols * cp];
+    for (oy, grad) in grad.chunks_exact(g.cols * c).enumerate() {
+        window.fill(0.0);
+        for sums in across.chunks_exact(g.cols * cp).skip(oy * s).take(k) {
+            window.iter_mut().zip(sums).for_each(|(w, &v)| *w += v);
+        }
+        for (boxed, grad) in window.chunks_exact(cp).zip(grad.chunks_exact(c)) {
+            acc.iter_mut().zip(boxed.iter().zip(grad)).for_each(|(a, (&b, &g))| *a += (b * g) as f64);
+        }
+    }
+}
+
+/// A vector of f32 lanes; everything the kernels need of it.
+trait Vector: Copy {
+    const LANES: usize;
+    /// # Safety
+    /// The CPU runs the implementation's instructions.
+    unsafe fn zero() -> Self;
+    /// # Safety
+    /// As [`Self::zero`], and `LANES` floats are readable at `p`.
+    unsafe fn load(p: *const f32) -> Self;
+    /// # Safety
+    /// As [`Self::zero`], and `LANES` floats are writable at `p`.
+    unsafe fn store(self, p: *mut f32);
+    /// `a * b + c`.
+    /// # Safety
+    /// As [`Self::zero`].
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
+    /// # Safety
+    /// As [`Self::zero`].
+    unsafe fn add(self, other: Self) -> Self;
+}
+
+/// Eight lanes in plain Rust, for CPUs without AVX2 (not fused: `mul_add`
+/// would call a libm routine where the CPU has no FMA).
+#[derive(Clone, Copy)]
+struct Portable([f32; 8]);
+
+impl Vector for Portable {
+    const LANES: usize = 8;
+
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Portable([0.0; 8])
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller guarantees 8 readable floats.
+        Portable(unsafe { p.cast::<[f32; 8]>().read_unaligned() })
+    }
+
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: the caller guarantees 8 writable floats.
+        unsafe { p.cast::<[f32; 8]>().write_unaligned(self.0) }
+    }
+
+    #[inline(always)]
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+        Portable(std::array::from_fn(|i| a.0[i] * b.0[i] + c.0[i]))
+    }
+
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        Portable(std::array::from_fn(|i| self.0[i] + other.0[i]))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::Vector;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2(__m256);
+
+    // SAFETY (all methods): the caller guarantees AVX2 + FMA and valid pointers.
+    impl Vector for Avx2 {
+        const LANES: usize = 8;
+
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx2(unsafe { _mm256_setzero_ps() })
+        }
+
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx2(unsafe { _mm256_loadu_ps(p) })
+        }
+
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm256_storeu_ps(p, self.0) }
+        }
+
+        #[inline(always)]
+        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            Avx2(unsafe { _mm256_fmadd_ps(a.0, b.0, c.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn add(self, other: Self) -> Self {
+            Avx2(unsafe { _mm256_add_ps(self.0, other.0) })
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(__m512);
+
+    // SAFETY (all methods): the caller guarantees AVX-512F and valid pointers.
+    impl Vector for Avx512 {
+        const LANES: usize = 16;
+
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx512(unsafe { _mm512_setzero_ps() })
+        }
+
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx512(unsafe { _mm512_loadu_ps(p) })
+        }
+
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm512_storeu_ps(p, self.0) }
+        }
+
+        #[inline(always)]
+        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            Avx512(unsafe { _mm512_fmadd_ps(a.0, b.0, c.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn add(self, other: Self) -> Self {
+            Avx512(unsafe { _mm512_add_ps(self.0, other.0) })
+        }
+    }
+}
+
+/// The kernels over any [`Vector`], with raw pointers inside: bounds checks
+/// on every tap are what kept the first, checked versions slow. Each entry
+/// point asserts the lengths its loops rely on.
+mod generic {
+    use super::{Grid, Vector};
+
+    /// Output pixels of a row computed together: independent multiply-add
+    /// chains that hide the FMA latency.
+    const GROUP: usize = 8;
+
+    #[inline(always)]
+    pub(super) fn correlate<V: Vector>(g: &Grid, buffer: &[f32], taps: &[f32], bias: &[f32], out: &mut [f32]) {
+        assert!(g.padded % V::LANES == 0 && buffer.len() >= g.buffer_len());
+        assert!(taps.len() >= g.k * g.k * g.padded && bias.len() >= g.padded);
+        assert!(out.len() >= g.rows * g.cols * g.channels);
+        for oy in 0..g.rows {
+            for cv in (0..g.padded).step_by(V::LANES) {
+                let mut ox = 0;
+                while ox < g.cols {
+                    // SAFETY: the asserts above bound every pointer the group reads and writes.
+                    ox += unsafe {
+                        match g.cols - ox {
+                            GROUP.. => pixels::<V, GROUP>(g, buffer, taps, bias, out, oy, ox, cv),
+                            4..GROUP => pixels::<V, 4>(g, buffer, taps, bias, out, oy, ox, cv),
+                            _ => pixels::<V, 1>(g, buffer, taps, bias, out, oy, ox, cv),
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// `N` output pixels of row `oy` from column `ox`, channels `cv..cv + LANES`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pixels<V: Vector, const N: usize>(
+        g: &Grid,
+        buffer: &[f32],
+        taps: &[f32],
+        bias: &[f32],
+        out: &mut [f32],
+        oy: usize,
+        ox: usize,
+        cv: usize,
+    ) -> usize {
+        let (k, s, cp, c) = (g.k, g.stride, g.padded, g.channels);
+        // SAFETY: rows oy * s + ky < buffer_rows and columns (ox + N - 1) * s + kx < width;
+        // taps and bias hold `padded` floats per tap; outputs are inside `rows x cols`.
+        unsafe {
+            let mut acc = [V::zero(); N];
+            for ky in 0..k {
+                let row = buffer.as_ptr().add(((oy * s + ky) * g.width + ox * s) * cp + cv);
+                let tap_row = taps.as_ptr().add(ky * k * cp + cv);
+                for kx in 0..k {
+                    let tap = V::load(tap_row.add(kx * cp));
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        *acc = V::mul_add(tap, V::load(row.add((j * s + kx) * cp)), *acc);
+                    }
+                }
+            }
+            let bias = V::load(bias.as_ptr().add(cv));
+            for (j, acc) in acc.iter().enumerate() {
+                let value = acc.add(bias);
+                let dst = out.as_mut_ptr().add((oy * g.cols + ox + j) * c + cv);
+                if cv + V::LANES <= c {
+                    value.store(dst);
+                } else {
+                    let mut lanes = [0.0f32; 16];
+                    value.store(lanes.as_mut_ptr());
+                    std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst, c - cv);
+                }
+            }
+        }
+        N
+    }
+
+    /// Adds one image's filter gradient to `acc` (`[k * k][padded]`), from
+    /// its spread input and its output gradient with `padded` floats per pixel.
+    #[inline(always)]
+    pub(super) fn filter_grad<V: Vector>(g: &Grid, buffer: &[f32], grad: &[f32], acc: &mut [f32]) {
+        assert!(g.padded % V::LANES == 0 && buffer.len() >= g.buffer_len());
+        assert!(grad.len() >= g.rows * g.cols * g.padded && acc.len() >= g.k * g.k * g.padded);
+        let (k, cp) = (g.k, g.padded);
+        for oy in 0..g.rows {
+            for ky in 0..k {
+                for cv in (0..cp).step_by(V::LANES) {
+                    let mut kx = 0;
+                    while kx < k {
+                        // SAFETY: as in `correlate`; `kx + N <= k` in every arm.
+                        kx += unsafe {
+                            match k - kx {
+                                7.. => tap_sums::<V, 7>(g, buffer, grad, acc, oy, ky, kx, cv),
+                                5..7 => tap_sums::<V, 5>(g, buffer, grad, acc, oy, ky, kx, cv),
+                                3..5 => tap_sums::<V, 3>(g, buffer, grad, acc, oy, ky, kx, cv),
+                                _ => tap_sums::<V, 1>(g, buffer, grad, acc, oy, ky, kx, cv),
+                            }
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Taps `(ky, kx..kx + N)` of channels `cv..cv + LANES`, summed over
+    /// output row `oy` in registers, then added to `acc`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tap_sums<V: Vector, const N: usize>(
+        g: &Grid,
+        buffer: &[f32],
+        grad: &[f32],
+        acc: &mut [f32],
+        oy: usize,
+        ky: usize,
+        kx: usize,
+        cv: usize,
+    ) -> usize {
+        let (s, cp) = (g.stride, g.padded);
+        // SAFETY: see `filter_grad`.
+        unsafe {
+            let row = buffer.as_ptr().add(((oy * s + ky) * g.width + kx) * cp + cv);
+            let grad = grad.as_ptr().add(oy * g.cols * cp + cv);
+            let mut sums = [V::zero(); N];
+            for ox in 0..g.cols {
+                let d = V::load(grad.add(ox * cp));
+                let x = row.add(ox * s * cp);
+                for (j, sum) in sums.iter_mut().enumerate() {
+                    *sum = V::mul_add(V::load(x.add(j * cp)), d, *sum);
+                }
+            }
+            for (j, sum) in sums.iter().enumerate() {
+                let p = acc.as_mut_ptr().add((ky * g.k + kx + j) * cp + cv);
+                V::load(p).add(*sum).store(p);
+            }
+        }
+        N
+    }
+}
+
+/// The [`generic`] kernels compiled for each [`Isa`].
+mod kernels {
+    use super::{generic, Grid, Isa, Portable};
+
+    macro_rules! per_isa {
+        ($name:ident($($arg:ident: $ty:ty),*)) => {
+            pub(super) fn $name(isa: Isa, $($arg: $ty),*) {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx512f,avx2,fma")]
+                    fn avx512($($arg: $ty),*) {
+                        generic::$name::<super::x86::Avx512>($($arg),*)
+                    }
+                    #[target_feature(enable = "avx2,fma")]
+                    fn avx2($($arg: $ty),*) {
+                        generic::$name::<super::x86::Avx2>($($arg),*)
+                    }
+                    match isa {
+                        // SAFETY: `Isa::available` lists these only where the CPU has the features.
+                        Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                        Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                        Isa::Portable => {}
+                    }
+                }
+                generic::$name::<Portable>($($arg),*)
+            }
+        };
+    }
+
+    per_isa!(correlate(g: &Grid, buffer: &[f32], taps: &[f32], bias: &[f32], out: &mut [f32]));
+    per_isa!(filter_grad(g: &Grid, buffer: &[f32], grad: &[f32], acc: &mut [f32]));
+}
