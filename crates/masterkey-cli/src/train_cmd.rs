@@ -256,7 +256,7 @@ impl Observer for Bars {
     }
 }
 
-fn run_on<B: masterkey_train::dw_op::DepthwiseAutodiffBackend>(
+fn run_on<B: masterkey_train::ModelAutodiffBackend>(
     config: &TrainConfig,
     data: &Dataset,
     out: &Path,

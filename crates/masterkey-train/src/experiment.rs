@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::data::Dataset;
 use crate::dw::{AssignmentKind, DwMode};
-use crate::dw_op::DepthwiseAutodiffBackend;
+use crate::ModelAutodiffBackend;
 use crate::train::{train, EpochMetrics, Observer, Outcome, RunOptions, TrainConfig, CHECKPOINT_DIR, METRICS_FILE};
 
 /// One arm of the comparison.
@@ -144,7 +144,7 @@ fn run_dir(out: &Path, fraction: f64, seed: u64, arm: &Arm) -> PathBuf {
 }
 
 /// Trains (or reads back) every arm x share x seed of `template`.
-pub fn run_experiment<B: DepthwiseAutodiffBackend>(
+pub fn run_experiment<B: ModelAutodiffBackend>(
     template: &TrainConfig,
     data: &Dataset,
     arms: &[Arm],

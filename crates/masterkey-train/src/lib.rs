@@ -13,6 +13,7 @@ pub mod data;
 pub mod dw;
 pub mod dw_op;
 pub mod experiment;
+pub mod gelu_op;
 pub mod layers;
 pub mod models;
 pub mod optim;
@@ -21,6 +22,25 @@ pub mod train;
 
 #[cfg(test)]
 mod testing;
+
+use burn::tensor::backend::AutodiffBackend;
+
+/// What the models need of a backend: burn's operations plus this crate's
+/// depthwise convolution and GELU (backend extensions with fast CPU kernels).
+pub trait ModelBackend: dw_op::DepthwiseBackend + gelu_op::GeluBackend {}
+
+impl<B: dw_op::DepthwiseBackend + gelu_op::GeluBackend> ModelBackend for B {}
+
+/// An autodiff backend whose training and evaluation passes both run
+/// [`ModelBackend`] operations.
+pub trait ModelAutodiffBackend: AutodiffBackend<InnerBackend: ModelBackend> + ModelBackend {}
+
+impl<B> ModelAutodiffBackend for B
+where
+    B: AutodiffBackend + ModelBackend,
+    B::InnerBackend: ModelBackend,
+{
+}
 
 /// The CPU backend (burn `flex`).
 pub type CpuBackend = burn::backend::Flex;

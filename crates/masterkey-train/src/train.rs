@@ -25,7 +25,7 @@ use crate::data::{stratified_subset, DataSpec, Dataset, Split};
 use crate::dw::{
     key_usage, mean_filter_norm, snap_keys, AssignmentKind, ChannelKey, DwLayers, DwMode, DwPlan, KeyChoice,
 };
-use crate::dw_op::{DepthwiseAutodiffBackend, DepthwiseBackend};
+use crate::{ModelAutodiffBackend, ModelBackend};
 use crate::models::{ModelSpec, Network};
 use crate::optim::{AdamWNoDecayOnVectors, Schedule};
 
@@ -278,7 +278,7 @@ fn smoothed_cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1,
 
 /// One optimizer step on a batch: forward, smoothed cross-entropy,
 /// backward, update. Returns the updated model, the logits and the loss.
-pub fn training_step<B: DepthwiseAutodiffBackend, O: Optimizer<Network<B>, B>>(
+pub fn training_step<B: ModelAutodiffBackend, O: Optimizer<Network<B>, B>>(
     model: Network<B>,
     optimizer: &mut O,
     x: Tensor<B, 4>,
@@ -303,7 +303,7 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 }
 
 /// Test loss (plain cross-entropy) and accuracy.
-pub fn evaluate<B: DepthwiseBackend>(
+pub fn evaluate<B: ModelBackend>(
     model: &Network<B>,
     data: &Dataset,
     split: &Split,
@@ -333,7 +333,7 @@ fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<()> {
 }
 
 /// Trains `config` on `data`, writing checkpoints and metrics under `out`.
-pub fn train<B: DepthwiseAutodiffBackend>(
+pub fn train<B: ModelAutodiffBackend>(
     config: &TrainConfig,
     data: &Dataset,
     out: &Path,
@@ -505,7 +505,7 @@ pub fn train<B: DepthwiseAutodiffBackend>(
 }
 
 /// Loads a checkpoint's model (on the inference backend `B`) and state.
-pub fn load_trained<B: DepthwiseBackend>(dir: &Path) -> Result<(Network<B>, RunState)> {
+pub fn load_trained<B: ModelBackend>(dir: &Path) -> Result<(Network<B>, RunState)> {
     let device = Default::default();
     let state = checkpoint::load_state(dir)?;
     let bank = Bank::resolve(&state.config.dw.bank)?;

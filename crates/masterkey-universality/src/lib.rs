@@ -21,7 +21,7 @@ use std::time::Instant;
 use masterkey_core::{Error, FilterSet, KernelSize, Result};
 use masterkey_train::data::Dataset;
 use masterkey_train::dw::DwMode;
-use masterkey_train::dw_op::DepthwiseAutodiffBackend;
+use masterkey_train::ModelAutodiffBackend;
 use masterkey_train::train::{dw_snapshot_dir, train, Observer, Outcome, RunOptions, TrainConfig};
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +98,7 @@ fn run_dir(out: &Path, label: &str, seed: u64) -> PathBuf {
 /// Trains (or reads back) every set x seed with trainable DW layers, then
 /// analyses every snapshot (the autoencoder route at initialisation, at the
 /// end and on the pooled sets only).
-pub fn run_universality<B: DepthwiseAutodiffBackend>(
+pub fn run_universality<B: ModelAutodiffBackend>(
     sets: &[TrainingSet],
     seeds: &[u64],
     analysis: &AnalysisOptions,

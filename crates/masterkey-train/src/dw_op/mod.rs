@@ -20,7 +20,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
@@ -403,17 +403,6 @@ fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
 
 fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
-}
-
-/// An autodiff backend whose training and evaluation passes both run
-/// [`DepthwiseBackend`] operations.
-pub trait DepthwiseAutodiffBackend: AutodiffBackend<InnerBackend: DepthwiseBackend> + DepthwiseBackend {}
-
-impl<B> DepthwiseAutodiffBackend for B
-where
-    B: AutodiffBackend + DepthwiseBackend,
-    B::InnerBackend: DepthwiseBackend,
-{
 }
 
 #[cfg(test)]

@@ -12,9 +12,10 @@
 //! 16/8/4/2 px (28 px: 14/7/3/1) instead of 56/28/14/7 at 224 px; the
 //! downsampling layers (LN + 2x2 stride-2 conv) and stages are unchanged.
 
-use crate::dw_op::{DepthwiseBackend, Layout};
+use crate::dw_op::Layout;
+use crate::ModelBackend;
 use burn::module::{Module, Param};
-use burn::tensor::activation::gelu;
+use crate::gelu_op::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -74,7 +75,7 @@ pub struct Block<B: Backend> {
     pub layer_scale: Option<Param<Tensor<B, 1>>>,
 }
 
-impl<B: DepthwiseBackend> Block<B> {
+impl<B: ModelBackend> Block<B> {
     /// `x` channels-last, `[N, H, W, C]`.
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let y = self.dw.forward(x.clone(), Layout::ChannelsLast);
@@ -111,7 +112,7 @@ pub struct ConvNext<B: Backend> {
     pub head: Dense<B>,
 }
 
-impl<B: DepthwiseBackend> ConvNext<B> {
+impl<B: ModelBackend> ConvNext<B> {
     /// `spec.depths` / `spec.dims` per stage; `spec.v2` selects GRN.
     pub fn new(spec: &ModelSpec, v2: bool, plan: &DwPlan, rng: &mut SplitMix, device: &B::Device) -> Self {
         let patch = if spec.small_input { 2 } else { 4 };

@@ -9,7 +9,8 @@
 //! stage (24 channels) at stride 1, so a 32 px image keeps 32/32/16/8/8/4 px
 //! (the usual CIFAR adaptation) instead of 112/56/28/14/14/7 at 224 px.
 
-use crate::dw_op::{DepthwiseBackend, Layout};
+use crate::dw_op::Layout;
+use crate::ModelBackend;
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::backend::Backend;
@@ -64,7 +65,7 @@ pub struct InvertedResidual<B: Backend> {
     pub residual: bool,
 }
 
-impl<B: DepthwiseBackend> InvertedResidual<B> {
+impl<B: ModelBackend> InvertedResidual<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut y = x.clone();
         if let Some(expand) = &self.expand {
@@ -87,7 +88,7 @@ pub struct MobileNetV2<B: Backend> {
     pub head: Dense<B>,
 }
 
-impl<B: DepthwiseBackend> MobileNetV2<B> {
+impl<B: ModelBackend> MobileNetV2<B> {
     pub fn new(spec: &ModelSpec, plan: &DwPlan, rng: &mut SplitMix, device: &B::Device) -> Self {
         let width = spec.width_mult;
         let mut c_in = make_divisible(32.0 * width);

@@ -4,7 +4,7 @@ pub mod convnext;
 pub mod mobilenetv2;
 pub mod reference;
 
-use crate::dw_op::DepthwiseBackend;
+use crate::ModelBackend;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -104,7 +104,7 @@ pub enum Network<B: Backend> {
     Reference(Reference<B>),
 }
 
-impl<B: DepthwiseBackend> Network<B> {
+impl<B: ModelBackend> Network<B> {
     /// Builds `spec` with weights drawn from `seed`.
     pub fn new(spec: &ModelSpec, plan: &DwPlan, seed: u64, device: &B::Device) -> Self {
         let mut rng = SplitMix::new(seed);

@@ -5,9 +5,10 @@
 //! The benchmark's model is `W = 64`, `B = 4`; tests use smaller ones. Weights
 //! are drawn as ConvNeXt draws them (`trunc_normal_(0.02)`).
 
-use crate::dw_op::{DepthwiseBackend, Layout};
+use crate::dw_op::Layout;
+use crate::ModelBackend;
 use burn::module::Module;
-use burn::tensor::activation::gelu;
+use crate::gelu_op::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -33,7 +34,7 @@ pub struct Reference<B: Backend> {
     pub head: Dense<B>,
 }
 
-impl<B: DepthwiseBackend> Reference<B> {
+impl<B: ModelBackend> Reference<B> {
     /// Width `spec.dims[0]`, `spec.depths[0]` blocks.
     pub fn new(spec: &ModelSpec, plan: &DwPlan, rng: &mut SplitMix, device: &B::Device) -> Self {
         let w = spec.dims[0];
