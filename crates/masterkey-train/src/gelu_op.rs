@@ -111,17 +111,24 @@ const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 /// `e^x` for `x` in about `[-87, 88]` (clamped outside): `2^n * e^r` with
 /// `n = round(x / ln 2)` and `|r| <= ln 2 / 2`; `e^r` by its Taylor
 /// polynomial to degree 6 (truncation below 2e-8 relative on that range).
+/// Only float additions and integer bit operations, so that it vectorises:
+/// `round_ties_even` is a libm call and `as i32` a per-lane saturating cast.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    // `v = 1.5 * 2^23 + n`: the addition rounds `x / ln 2` to the nearest
+    // integer (ties to even), whose value then sits in the low bits of `v`.
+    const ROUNDER: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let v = x * std::f32::consts::LOG2_E + ROUNDER;
+    let n = v - ROUNDER;
     // ln 2 in two parts: `n * LN2_HI` is exact, so `r` keeps its low bits.
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let exponent = (v.to_bits() as i32).wrapping_sub(ROUNDER.to_bits() as i32).wrapping_add(127);
+    p * f32::from_bits((exponent as u32) << 23)
 }
 
 /// `erf(x)` as `1 - erfc(|x|)` with the sign of `x`, `erfc` by the
@@ -147,17 +154,25 @@ fn normal_cdf(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * FRAC_1_SQRT_2))
 }
 
+// Index loops, not iterator adaptors: an adaptor's `fold` is a function of
+// its own, compiled without the caller's AVX2 and left out of its inlining.
 #[inline(always)]
 fn gelu_slice_auto(x: &[f32], out: &mut [f32]) {
-    out.iter_mut().zip(x).for_each(|(o, &x)| *o = x * normal_cdf(x));
+    let n = out.len().min(x.len());
+    let (x, out) = (&x[..n], &mut out[..n]);
+    for i in 0..n {
+        out[i] = x[i] * normal_cdf(x[i]);
+    }
 }
 
 #[inline(always)]
 fn gelu_grad_slice_auto(x: &[f32], grad: &[f32], out: &mut [f32]) {
-    out.iter_mut().zip(x.iter().zip(grad)).for_each(|(o, (&x, &g))| {
-        let density = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
-        *o = g * (normal_cdf(x) + x * density);
-    });
+    let n = out.len().min(x.len()).min(grad.len());
+    let (x, grad, out) = (&x[..n], &grad[..n], &mut out[..n]);
+    for i in 0..n {
+        let density = FRAC_1_SQRT_2PI * exp(-0.5 * x[i] * x[i]);
+        out[i] = grad[i] * (normal_cdf(x[i]) + x[i] * density);
+    }
 }
 
 /// The slice loops compiled for AVX2 where the CPU has it (chosen at run

@@ -9,6 +9,7 @@ use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::norm_op::{layer_norm, LayerNormBackend};
 use crate::rng::SplitMix;
 
 /// A trainable parameter holding `values`.
@@ -70,8 +71,16 @@ impl<B: Backend> Dense<B> {
         let w = init.draw(d_in * d_out, d_out, rng);
         Dense { weight: param(w, [d_in, d_out], device), bias: filled(0.0, [d_out], device) }
     }
+    /// Flattened to one matrix product: burn's linear on `[N, H, W, C]`
+    /// multiplies `N * H` batches and its weight gradient then forms (and
+    /// zeroes) an `N * H * C_in * C_out` tensor to sum it over the batches.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        linear(x, self.weight.val(), Some(self.bias.val()))
+        let mut dims = x.dims();
+        let d_in = dims[D - 1];
+        let rows = x.shape().num_elements() / d_in.max(1);
+        let y = linear(x.reshape([rows, d_in]), self.weight.val(), Some(self.bias.val()));
+        dims[D - 1] = self.weight.dims()[1];
+        y.reshape(dims)
     }
 }
 
@@ -123,18 +132,17 @@ pub struct LastAxisNorm<B: Backend> {
     pub beta: Param<Tensor<B, 1>>,
 }
 
-const LAYER_NORM_EPS: f64 = 1e-6;
+const LAYER_NORM_EPS: f32 = 1e-6;
 
 impl<B: Backend> LastAxisNorm<B> {
     pub fn new(channels: usize, device: &B::Device) -> Self {
         LastAxisNorm { gamma: filled(1.0, [channels], device), beta: filled(0.0, [channels], device) }
     }
+}
+
+impl<B: LayerNormBackend> LastAxisNorm<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let mean = x.clone().mean_dim(D - 1);
-        let centred = x - mean;
-        let var = centred.clone().powi_scalar(2).mean_dim(D - 1);
-        let normed = centred / (var + LAYER_NORM_EPS).sqrt();
-        normed * broadcast_last(self.gamma.val()) + broadcast_last(self.beta.val())
+        layer_norm(x, self.gamma.val(), self.beta.val(), LAYER_NORM_EPS)
     }
 }
 

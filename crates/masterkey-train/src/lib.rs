@@ -16,6 +16,7 @@ pub mod experiment;
 pub mod gelu_op;
 pub mod layers;
 pub mod models;
+pub mod norm_op;
 pub mod optim;
 pub mod rng;
 pub mod train;
@@ -26,10 +27,11 @@ mod testing;
 use burn::tensor::backend::AutodiffBackend;
 
 /// What the models need of a backend: burn's operations plus this crate's
-/// depthwise convolution and GELU (backend extensions with fast CPU kernels).
-pub trait ModelBackend: dw_op::DepthwiseBackend + gelu_op::GeluBackend {}
+/// depthwise convolution, GELU and LayerNorm (backend extensions with fast
+/// CPU kernels).
+pub trait ModelBackend: dw_op::DepthwiseBackend + gelu_op::GeluBackend + norm_op::LayerNormBackend {}
 
-impl<B: dw_op::DepthwiseBackend + gelu_op::GeluBackend> ModelBackend for B {}
+impl<B: dw_op::DepthwiseBackend + gelu_op::GeluBackend + norm_op::LayerNormBackend> ModelBackend for B {}
 
 /// An autodiff backend whose training and evaluation passes both run
 /// [`ModelBackend`] operations.
