@@ -23,6 +23,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// A backend with a GELU operation of its own; see the module docs.
 pub trait GeluBackend: Backend {
@@ -80,20 +81,30 @@ impl GeluBackend for Flex {
     fn gelu_op(x: FlexTensor) -> FlexTensor {
         let shape = x.shape();
         let x = contiguous(&x);
-        let mut out = vec![0.0f32; x.len()];
-        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| simd::gelu_slice(x, out));
+        // Every value is written below: not zero-filled first (a full pass
+        // over memory for nothing).
+        let mut out = Vec::with_capacity(x.len());
+        out.spare_capacity_mut().par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| {
+            simd::gelu_slice(x, out);
+        });
+        // SAFETY: `gelu_slice` wrote all `x.len()` values.
+        unsafe { out.set_len(x.len()) };
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 
-    fn gelu_op_backward(x: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
+    fn gelu_op_backward(x: FlexTensor, mut output_grad: FlexTensor) -> FlexTensor {
         let shape = x.shape();
-        let (x, grad) = (contiguous(&x), contiguous(&output_grad));
-        assert_eq!(x.len(), grad.len(), "GELU gradient of another shape");
-        let mut out = vec![0.0f32; x.len()];
-        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK))).for_each(
-            |(out, (x, grad))| simd::gelu_grad_slice(x, grad, out),
-        );
-        FlexTensor::from_data(TensorData::new(out, shape))
+        let x = contiguous(&x);
+        assert_eq!(x.len(), shape.num_elements(), "GELU gradient of another shape");
+        // In place where the gradient is not shared (the usual case): no new buffer.
+        let whole = output_grad.is_contiguous() && output_grad.layout().start_offset() == 0;
+        if let Some(grad) = output_grad.try_storage_mut::<f32>().filter(|g| whole && g.len() == x.len()) {
+            grad.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(grad, x)| simd::gelu_grad_slice(x, grad));
+            return output_grad;
+        }
+        let mut grad = contiguous(&output_grad).into_owned();
+        grad.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(grad, x)| simd::gelu_grad_slice(x, grad));
+        FlexTensor::from_data(TensorData::new(grad, shape))
     }
 }
 
@@ -157,21 +168,22 @@ fn normal_cdf(x: f32) -> f32 {
 // Index loops, not iterator adaptors: an adaptor's `fold` is a function of
 // its own, compiled without the caller's AVX2 and left out of its inlining.
 #[inline(always)]
-fn gelu_slice_auto(x: &[f32], out: &mut [f32]) {
+fn gelu_slice_auto(x: &[f32], out: &mut [MaybeUninit<f32>]) {
     let n = out.len().min(x.len());
     let (x, out) = (&x[..n], &mut out[..n]);
     for i in 0..n {
-        out[i] = x[i] * normal_cdf(x[i]);
+        out[i] = MaybeUninit::new(x[i] * normal_cdf(x[i]));
     }
 }
 
+/// `grad *= GELU'(x)`.
 #[inline(always)]
-fn gelu_grad_slice_auto(x: &[f32], grad: &[f32], out: &mut [f32]) {
-    let n = out.len().min(x.len()).min(grad.len());
-    let (x, grad, out) = (&x[..n], &grad[..n], &mut out[..n]);
+fn gelu_grad_slice_auto(x: &[f32], grad: &mut [f32]) {
+    let n = grad.len().min(x.len());
+    let (x, grad) = (&x[..n], &mut grad[..n]);
     for i in 0..n {
         let density = FRAC_1_SQRT_2PI * exp(-0.5 * x[i] * x[i]);
-        out[i] = grad[i] * (normal_cdf(x[i]) + x[i] * density);
+        grad[i] *= normal_cdf(x[i]) + x[i] * density;
     }
 }
 
@@ -197,8 +209,10 @@ mod simd {
         };
     }
 
-    dispatch!(gelu_slice, gelu_slice_auto(x: &[f32], out: &mut [f32]));
-    dispatch!(gelu_grad_slice, gelu_grad_slice_auto(x: &[f32], grad: &[f32], out: &mut [f32]));
+    use std::mem::MaybeUninit;
+
+    dispatch!(gelu_slice, gelu_slice_auto(x: &[f32], out: &mut [MaybeUninit<f32>]));
+    dispatch!(gelu_grad_slice, gelu_grad_slice_auto(x: &[f32], grad: &mut [f32]));
 }
 
 #[cfg(test)]
