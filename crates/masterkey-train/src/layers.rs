@@ -5,10 +5,11 @@
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{conv2d, linear};
+use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::linear_op::{linear, LinearBackend};
 use crate::norm_op::{layer_norm, LayerNormBackend};
 use crate::rng::SplitMix;
 
@@ -71,16 +72,11 @@ impl<B: Backend> Dense<B> {
         let w = init.draw(d_in * d_out, d_out, rng);
         Dense { weight: param(w, [d_in, d_out], device), bias: filled(0.0, [d_out], device) }
     }
-    /// Flattened to one matrix product: burn's linear on `[N, H, W, C]`
-    /// multiplies `N * H` batches and its weight gradient then forms (and
-    /// zeroes) an `N * H * C_in * C_out` tensor to sum it over the batches.
+}
+
+impl<B: LinearBackend> Dense<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let mut dims = x.dims();
-        let d_in = dims[D - 1];
-        let rows = x.shape().num_elements() / d_in.max(1);
-        let y = linear(x.reshape([rows, d_in]), self.weight.val(), Some(self.bias.val()));
-        dims[D - 1] = self.weight.dims()[1];
-        y.reshape(dims)
+        linear(x, self.weight.val(), self.bias.val())
     }
 }
 

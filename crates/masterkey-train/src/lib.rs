@@ -15,6 +15,7 @@ pub mod dw_op;
 pub mod experiment;
 pub mod gelu_op;
 pub mod layers;
+pub mod linear_op;
 pub mod models;
 pub mod norm_op;
 pub mod optim;
@@ -27,11 +28,17 @@ mod testing;
 use burn::tensor::backend::AutodiffBackend;
 
 /// What the models need of a backend: burn's operations plus this crate's
-/// depthwise convolution, GELU and LayerNorm (backend extensions with fast
-/// CPU kernels).
-pub trait ModelBackend: dw_op::DepthwiseBackend + gelu_op::GeluBackend + norm_op::LayerNormBackend {}
+/// depthwise convolution, GELU, LayerNorm and linear layer (backend
+/// extensions with fast CPU kernels).
+pub trait ModelBackend:
+    dw_op::DepthwiseBackend + gelu_op::GeluBackend + norm_op::LayerNormBackend + linear_op::LinearBackend
+{
+}
 
-impl<B: dw_op::DepthwiseBackend + gelu_op::GeluBackend + norm_op::LayerNormBackend> ModelBackend for B {}
+impl<B> ModelBackend for B where
+    B: dw_op::DepthwiseBackend + gelu_op::GeluBackend + norm_op::LayerNormBackend + linear_op::LinearBackend
+{
+}
 
 /// An autodiff backend whose training and evaluation passes both run
 /// [`ModelBackend`] operations.
