@@ -243,31 +243,45 @@ pub(super) fn offset_grad(isa: Isa, s: &Shape, x: &[f32], grad: &[f32]) -> Vec<f
         || (Vec::new(), Vec::new()),
         |(buffer, across), (n, partial)| {
             grid.spread(&x[n * s.image()..][..s.image()], s.h, s.w, 1, buffer);
-            box_grad(&grid, buffer, &grad[n * s.out_image()..][..s.out_image()], across, partial);
+            kernels::box_grad(isa, &grid, buffer, &grad[n * s.out_image()..][..s.out_image()], across, partial);
         },
     );
     (0..s.c).map(|c| partials.chunks_exact(s.c).map(|p| p[c]).sum::<f64>() as f32).collect()
 }
 
-fn box_grad(g: &Grid, buffer: &[f32], grad: &[f32], across: &mut Vec<f32>, acc: &mut [f64]) {
+// Index loops, not iterator adaptors, so that everything inlines into the
+// AVX-512 and AVX2 builds of `kernels::box_grad`.
+#[inline(always)]
+fn box_grad_auto(g: &Grid, buffer: &[f32], grad: &[f32], across: &mut Vec<f32>, acc: &mut [f64]) {
     let (c, cp, s, k) = (g.channels, g.padded, g.stride, g.k);
     across.clear();
     across.resize(g.buffer_rows() * g.cols * cp, 0.0);
     for (row, sums) in buffer.chunks_exact(g.width * cp).zip(across.chunks_exact_mut(g.cols * cp)) {
-        for (ox, sum) in sums.chunks_exact_mut(cp).enumerate() {
-            for pixel in row[ox * s * cp..][..k * cp].chunks_exact(cp) {
-                sum.iter_mut().zip(pixel).for_each(|(a, &v)| *a += v);
+        for ox in 0..g.cols {
+            let sum = &mut sums[ox * cp..][..cp];
+            for kx in 0..k {
+                let pixel = &row[(ox * s + kx) * cp..][..cp];
+                for i in 0..cp {
+                    sum[i] += pixel[i];
+                }
             }
         }
     }
     let mut window = vec![0.0f32; g.cols * cp];
+    let acc = &mut acc[..c];
     for (oy, grad) in grad.chunks_exact(g.cols * c).enumerate() {
         window.fill(0.0);
-        for sums in across.chunks_exact(g.cols * cp).skip(oy * s).take(k) {
-            window.iter_mut().zip(sums).for_each(|(w, &v)| *w += v);
+        for ky in 0..k {
+            let sums = &across[(oy * s + ky) * g.cols * cp..][..g.cols * cp];
+            for i in 0..g.cols * cp {
+                window[i] += sums[i];
+            }
         }
-        for (boxed, grad) in window.chunks_exact(cp).zip(grad.chunks_exact(c)) {
-            acc.iter_mut().zip(boxed.iter().zip(grad)).for_each(|(a, (&b, &g))| *a += (b * g) as f64);
+        for ox in 0..g.cols {
+            let (boxed, grad) = (&window[ox * cp..][..c], &grad[ox * c..][..c]);
+            for i in 0..c {
+                acc[i] += (boxed[i] * grad[i]) as f64;
+            }
         }
     }
 }
@@ -572,4 +586,26 @@ mod kernels {
 
     per_isa!(correlate(g: &Grid, buffer: &[f32], taps: &[f32], bias: &[f32], out: &mut [f32]));
     per_isa!(filter_grad(g: &Grid, buffer: &[f32], grad: &[f32], acc: &mut [f32]));
+
+    /// The box sums in plain loops the compiler vectorises, built per [`Isa`] like the rest.
+    pub(super) fn box_grad(isa: Isa, g: &Grid, buffer: &[f32], grad: &[f32], across: &mut Vec<f32>, acc: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            fn avx512(g: &Grid, buffer: &[f32], grad: &[f32], across: &mut Vec<f32>, acc: &mut [f64]) {
+                super::box_grad_auto(g, buffer, grad, across, acc)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2(g: &Grid, buffer: &[f32], grad: &[f32], across: &mut Vec<f32>, acc: &mut [f64]) {
+                super::box_grad_auto(g, buffer, grad, across, acc)
+            }
+            match isa {
+                // SAFETY: `Isa::available` lists these only where the CPU has the features.
+                Isa::Avx512 => return unsafe { avx512(g, buffer, grad, across, acc) },
+                Isa::Avx2 => return unsafe { avx2(g, buffer, grad, across, acc) },
+                Isa::Portable => {}
+            }
+        }
+        super::box_grad_auto(g, buffer, grad, across, acc)
+    }
 }
