@@ -49,7 +49,7 @@ impl Layout {
         }
     }
 
-    fn from_first<B: Backend>(self, t: FloatTensor<B>) -> FloatTensor<B> {
+    fn back_from_first<B: Backend>(self, t: FloatTensor<B>) -> FloatTensor<B> {
         match self {
             Layout::ChannelsFirst => t,
             Layout::ChannelsLast => B::float_permute(t, &[0, 2, 3, 1]),
@@ -69,7 +69,7 @@ pub trait DepthwiseBackend: Backend {
         layout: Layout,
     ) -> FloatTensor<Self> {
         let options = conv_options(&weight, stride);
-        layout.from_first::<Self>(Self::conv2d(layout.to_first::<Self>(x), weight, Some(bias), options))
+        layout.back_from_first::<Self>(Self::conv2d(layout.to_first::<Self>(x), weight, Some(bias), options))
     }
 
     /// The gradient of the input, given the gradient of the output.
@@ -82,7 +82,7 @@ pub trait DepthwiseBackend: Backend {
     ) -> FloatTensor<Self> {
         let options = conv_options(&weight, stride);
         let (x, grad) = (layout.to_first::<Self>(x), layout.to_first::<Self>(output_grad));
-        layout.from_first::<Self>(Self::conv2d_x_backward(x, weight, grad, options))
+        layout.back_from_first::<Self>(Self::conv2d_x_backward(x, weight, grad, options))
     }
 
     /// The gradient of the filters, given the gradient of the output.

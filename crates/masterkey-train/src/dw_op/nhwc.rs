@@ -46,6 +46,7 @@ impl Shape {
 
 /// The instruction set the kernels run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) enum Isa {
     Avx512,
     Avx2,
@@ -428,7 +429,7 @@ mod generic {
 
     #[inline(always)]
     pub(super) fn correlate<V: Vector>(g: &Grid, buffer: &[f32], taps: &[f32], bias: &[f32], out: &mut [f32]) {
-        assert!(g.padded % V::LANES == 0 && buffer.len() >= g.buffer_len());
+        assert!(g.padded.is_multiple_of(V::LANES) && buffer.len() >= g.buffer_len());
         assert!(taps.len() >= g.k * g.k * g.padded && bias.len() >= g.padded);
         assert!(out.len() >= g.rows * g.cols * g.channels);
         for oy in 0..g.rows {
@@ -496,7 +497,7 @@ mod generic {
     /// its spread input and its output gradient with `padded` floats per pixel.
     #[inline(always)]
     pub(super) fn filter_grad<V: Vector>(g: &Grid, buffer: &[f32], grad: &[f32], acc: &mut [f32]) {
-        assert!(g.padded % V::LANES == 0 && buffer.len() >= g.buffer_len());
+        assert!(g.padded.is_multiple_of(V::LANES) && buffer.len() >= g.buffer_len());
         assert!(grad.len() >= g.rows * g.cols * g.padded && acc.len() >= g.k * g.k * g.padded);
         let (k, cp) = (g.k, g.padded);
         for oy in 0..g.rows {
@@ -562,6 +563,8 @@ mod kernels {
     macro_rules! per_isa {
         ($name:ident($($arg:ident: $ty:ty),*)) => {
             pub(super) fn $name(isa: Isa, $($arg: $ty),*) {
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = isa;
                 #[cfg(target_arch = "x86_64")]
                 {
                     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -589,6 +592,8 @@ mod kernels {
 
     /// The box sums in plain loops the compiler vectorises, built per [`Isa`] like the rest.
     pub(super) fn box_grad(isa: Isa, g: &Grid, buffer: &[f32], grad: &[f32], across: &mut Vec<f32>, acc: &mut [f64]) {
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = isa;
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f,avx2,fma")]
