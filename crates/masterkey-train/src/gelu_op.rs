@@ -23,6 +23,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
+
+use crate::cpu::values;
 use std::mem::MaybeUninit;
 
 /// A backend with a GELU operation of its own; see the module docs.
@@ -80,7 +82,7 @@ const CHUNK: usize = 1 << 14;
 impl GeluBackend for Flex {
     fn gelu_op(x: FlexTensor) -> FlexTensor {
         let shape = x.shape();
-        let x = contiguous(&x);
+        let x = values(&x);
         // Every value is written below: not zero-filled first (a full pass
         // over memory for nothing).
         let mut out = Vec::with_capacity(x.len());
@@ -94,7 +96,7 @@ impl GeluBackend for Flex {
 
     fn gelu_op_backward(x: FlexTensor, mut output_grad: FlexTensor) -> FlexTensor {
         let shape = x.shape();
-        let x = contiguous(&x);
+        let x = values(&x);
         assert_eq!(x.len(), shape.num_elements(), "GELU gradient of another shape");
         // In place where the gradient is not shared (the usual case): no new buffer.
         let whole = output_grad.is_contiguous() && output_grad.layout().start_offset() == 0;
@@ -102,16 +104,9 @@ impl GeluBackend for Flex {
             grad.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(grad, x)| simd::gelu_grad_slice(x, grad));
             return output_grad;
         }
-        let mut grad = contiguous(&output_grad).into_owned();
+        let mut grad = values(&output_grad).into_owned();
         grad.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(grad, x)| simd::gelu_grad_slice(x, grad));
         FlexTensor::from_data(TensorData::new(grad, shape))
-    }
-}
-
-fn contiguous(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) if t.is_contiguous() => std::borrow::Cow::Borrowed(s),
-        _ => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().expect("f32 tensor").to_vec()),
     }
 }
 

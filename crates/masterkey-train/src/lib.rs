@@ -9,6 +9,7 @@
 pub use burn;
 
 pub mod checkpoint;
+mod cpu;
 pub mod data;
 pub mod dw;
 pub mod dw_op;

@@ -21,6 +21,8 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
+use crate::cpu::values;
+
 /// A backend with a linear operation of its own; see the module docs.
 pub trait LinearBackend: Backend {
     /// `x [rows, in]`, `weight [in, out]`, `bias [out]`: `[rows, out]`.
@@ -180,7 +182,7 @@ fn dims2(t: &FlexTensor) -> [usize; 2] {
 impl LinearBackend for Flex {
     fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
         let ([rows, d_in], [_, d_out]) = (dims2(&x), dims2(&weight));
-        let (x, weight, bias) = (contiguous(&x), contiguous(&weight), contiguous(&bias));
+        let (x, weight, bias) = (values(&x), values(&weight), values(&bias));
         let out = written(rows * d_out, |out| {
             out.par_chunks_mut(d_out.max(1)).for_each(|row| {
                 row.iter_mut().zip(bias.iter()).for_each(|(o, &b)| {
@@ -194,7 +196,7 @@ impl LinearBackend for Flex {
 
     fn fused_linear_x_backward(weight: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
         let ([d_in, d_out], [rows, _]) = (dims2(&weight), dims2(&output_grad));
-        let (weight, grad) = (contiguous(&weight), contiguous(&output_grad));
+        let (weight, grad) = (values(&weight), values(&output_grad));
         let out = written(rows * d_in, |out| {
             product(&Matrix::new(&grad, rows, d_out), &Matrix::new(&weight, d_in, d_out).transposed(), out, false);
         });
@@ -203,7 +205,7 @@ impl LinearBackend for Flex {
 
     fn fused_linear_weight_backward(x: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
         let ([rows, d_in], [_, d_out]) = (dims2(&x), dims2(&output_grad));
-        let (x, grad) = (contiguous(&x), contiguous(&output_grad));
+        let (x, grad) = (values(&x), values(&output_grad));
         let out = written(d_in * d_out, |out| {
             product(&Matrix::new(&x, rows, d_in).transposed(), &Matrix::new(&grad, rows, d_out), out, false);
         });
@@ -212,7 +214,7 @@ impl LinearBackend for Flex {
 
     fn fused_linear_bias_backward(output_grad: FlexTensor) -> FlexTensor {
         let [_, d_out] = dims2(&output_grad);
-        let grad = contiguous(&output_grad);
+        let grad = values(&output_grad);
         let partials: Vec<Vec<f64>> = grad
             .par_chunks(ROWS_PER_TASK * d_out.max(1))
             .map(|rows| {
@@ -225,13 +227,6 @@ impl LinearBackend for Flex {
             .collect();
         let total: Vec<f32> = (0..d_out).map(|j| partials.iter().map(|p| p[j]).sum::<f64>() as f32).collect();
         FlexTensor::from_data(TensorData::new(total, [d_out]))
-    }
-}
-
-fn contiguous(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) if t.is_contiguous() => std::borrow::Cow::Borrowed(s),
-        _ => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().expect("f32 tensor").to_vec()),
     }
 }
 

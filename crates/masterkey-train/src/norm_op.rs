@@ -19,6 +19,8 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
+use crate::cpu::values;
+
 /// The gradients of a LayerNorm: input, scale, shift.
 pub struct LayerNormGrads<B: Backend> {
     pub x: FloatTensor<B>,
@@ -145,7 +147,7 @@ impl LayerNormBackend for Flex {
     fn fused_layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, eps: f32) -> FlexTensor {
         let shape = x.shape();
         let [_, c]: [usize; 2] = shape.dims();
-        let (x, gamma, beta) = (contiguous(&x), contiguous(&gamma), contiguous(&beta));
+        let (x, gamma, beta) = (values(&x), values(&gamma), values(&beta));
         let mut out = vec![0.0f32; x.len()];
         let chunk = ROWS_PER_TASK * c;
         out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(out, x)| {
@@ -157,7 +159,7 @@ impl LayerNormBackend for Flex {
     fn fused_layer_norm_backward(x: FlexTensor, gamma: FlexTensor, output_grad: FlexTensor, eps: f32) -> LayerNormGrads<Flex> {
         let shape = x.shape();
         let [_, c]: [usize; 2] = shape.dims();
-        let (x, gamma, grad) = (contiguous(&x), contiguous(&gamma), contiguous(&output_grad));
+        let (x, gamma, grad) = (values(&x), values(&gamma), values(&output_grad));
         let chunk = ROWS_PER_TASK * c;
         let mut dx = vec![0.0f32; x.len()];
         let tasks = x.len().div_ceil(chunk.max(1));
@@ -179,13 +181,6 @@ impl LayerNormBackend for Flex {
             beta: tensor(total(c)),
             x: FlexTensor::from_data(TensorData::new(dx, shape)),
         }
-    }
-}
-
-fn contiguous(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) if t.is_contiguous() => std::borrow::Cow::Borrowed(s),
-        _ => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().expect("f32 tensor").to_vec()),
     }
 }
 
@@ -354,7 +349,7 @@ mod tests {
         let (xs, gs, bs, rs) = (draw(rows * c), draw(c), draw(c), draw(rows * c));
         let x = || flex(xs.clone(), vec![rows, c]);
         let (gamma, beta, grad) = (|| flex(gs.clone(), vec![c]), || flex(bs.clone(), vec![c]), || flex(rs.clone(), vec![rows, c]));
-        let values = |t: FlexTensor| contiguous(&t).to_vec();
+        let values = |t: FlexTensor| values(&t).to_vec();
         let fused = Flex::fused_layer_norm(x(), gamma(), beta(), 1e-6);
         let normed = composed::normalise::<Flex>(x(), 1e-6).0;
         let scaled = Flex::float_mul(normed, Flex::float_reshape(gamma(), [1, c].into()));

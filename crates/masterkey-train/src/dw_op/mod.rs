@@ -24,6 +24,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
+use crate::cpu::values;
+
 /// Memory order of the activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -390,14 +392,6 @@ impl DepthwiseBackend for Flex {
         };
         let c = out.len();
         tensor(out, [c])
-    }
-}
-
-/// The values of a CPU tensor in row-major order.
-fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) if t.is_contiguous() => std::borrow::Cow::Borrowed(s),
-        _ => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().expect("f32 tensor").to_vec()),
     }
 }
 
