@@ -117,7 +117,7 @@ impl<B: Backend> Conv<B> {
     }
     /// On `[N, H, W, C]` in and out (burn's convolution reads channels first).
     pub fn forward_channels_last(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.forward(x.permute([0, 3, 1, 2])).permute([0, 2, 3, 1])
+        to_channels_last(self.forward(x.permute([0, 3, 1, 2])))
     }
 }
 
@@ -154,6 +154,15 @@ pub fn broadcast_last<B: Backend, const D: usize>(v: Tensor<B, 1>) -> Tensor<B, 
 pub fn global_mean<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
     let [n, c, h, w] = x.dims();
     x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
+}
+
+/// `[N, C, H, W]` as a contiguous `[N, H, W, C]`: copied once here, where a
+/// permuted view would be copied by every operation that reads it, and
+/// iterated element by element by burn's strided binary operations.
+pub fn to_channels_last<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    // Merging the axes of a permuted view is what makes burn copy it.
+    x.permute([0, 2, 3, 1]).reshape([n * h * w, c]).reshape([n, h, w, c])
 }
 
 /// Global average pooling `[N, H, W, C] -> [N, C]`.

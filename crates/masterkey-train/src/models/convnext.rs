@@ -20,7 +20,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::dw::{DwConv, DwLayers, DwPlan};
-use crate::layers::{broadcast_last, filled, global_mean_channels_last, Conv, Dense, LastAxisNorm, WeightInit};
+use crate::layers::{broadcast_last, filled, global_mean_channels_last, to_channels_last, Conv, Dense, LastAxisNorm, WeightInit};
 use crate::models::ModelSpec;
 use crate::rng::SplitMix;
 
@@ -153,7 +153,7 @@ impl<B: ModelBackend> ConvNext<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         // Channels-last from the stem on, as LayerNorm, the MLP and the DW
         // operation read it; only the stride-2 convolutions see channels first.
-        let mut x = self.stem_norm.forward(self.stem.forward(x).permute([0, 2, 3, 1]));
+        let mut x = self.stem_norm.forward(to_channels_last(self.stem.forward(x)));
         for stage in &self.stages {
             if let Some(down) = &stage.downsample {
                 x = down.conv.forward_channels_last(down.norm.forward(x));

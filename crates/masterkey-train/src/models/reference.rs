@@ -13,7 +13,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::dw::{DwConv, DwLayers, DwPlan};
-use crate::layers::{global_mean_channels_last, Conv, Dense, LastAxisNorm, WeightInit};
+use crate::layers::{global_mean_channels_last, to_channels_last, Conv, Dense, LastAxisNorm, WeightInit};
 use crate::models::ModelSpec;
 use crate::rng::SplitMix;
 
@@ -53,7 +53,7 @@ impl<B: ModelBackend> Reference<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         // Channels-last after the stem, as LayerNorm and the MLP read it: no
         // permutes inside the blocks.
-        let mut x = self.stem.forward(x).permute([0, 2, 3, 1]);
+        let mut x = to_channels_last(self.stem.forward(x));
         for b in &self.blocks {
             let y = b.dw.forward(x.clone(), Layout::ChannelsLast);
             x = x + b.project.forward(gelu(b.expand.forward(b.norm.forward(y))));
