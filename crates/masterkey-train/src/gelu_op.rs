@@ -292,7 +292,9 @@ mod tests {
             assert!((exp::<FUSED>(x as f32) as f64 - e).abs() <= 4e-7 * e, "exp({x}), fused {FUSED}");
         }
         // erf at points tabulated to 10 digits (Abramowitz & Stegun, table 7.1).
-        for (x, want) in [(0.1, 0.112_462_916_0), (0.5, 0.520_499_877_8), (1.0, 0.842_700_792_9), (2.0, 0.995_322_265_0)] {
+        for (x, want) in
+            [(0.1, 0.112_462_916_0), (0.5, 0.520_499_877_8), (1.0, 0.842_700_792_9), (2.0, 0.995_322_265_0)]
+        {
             let (got, mirrored) = (erf::<FUSED>(x) as f64, erf::<FUSED>(-x) as f64);
             assert!((got - want).abs() <= 3e-7 && (mirrored + want).abs() <= 3e-7, "erf(±{x}) = {got}, fused {FUSED}");
         }

@@ -47,7 +47,11 @@ pub trait LinearBackend: Backend {
 }
 
 /// `x W + b` over the last axis of `x` (any rank), differentiable in all three.
-pub fn linear<B: LinearBackend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, D> {
+pub fn linear<B: LinearBackend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Tensor<B, 1>,
+) -> Tensor<B, D> {
     let mut dims = x.dims();
     let [d_in, d_out] = weight.dims();
     let rows = x.shape().num_elements() / d_in.max(1);
@@ -246,7 +250,8 @@ mod tests {
             let mut draw = |len: usize| (0..len).map(|_| rng.normal()).collect::<Vec<f32>>();
             let (xs, ws, bs, rs) = (draw(n * h * w * d_in), draw(d_in * d_out), draw(d_out), draw(n * h * w * d_out));
             let x = || Tensor::<Ad, 4>::from_data(TensorData::new(xs.clone(), [n, h, w, d_in]), &device).require_grad();
-            let weight = || Tensor::<Ad, 2>::from_data(TensorData::new(ws.clone(), [d_in, d_out]), &device).require_grad();
+            let weight =
+                || Tensor::<Ad, 2>::from_data(TensorData::new(ws.clone(), [d_in, d_out]), &device).require_grad();
             let bias = || Tensor::<Ad, 1>::from_data(TensorData::new(bs.clone(), [d_out]), &device).require_grad();
             let r = Tensor::<Ad, 4>::from_data(TensorData::new(rs.clone(), [n, h, w, d_out]), &device);
             let (x1, w1, b1, x2, w2, b2) = (x(), weight(), bias(), x(), weight(), bias());

@@ -31,7 +31,12 @@ pub struct LayerNormGrads<B: Backend> {
 /// A backend with a LayerNorm operation of its own; see the module docs.
 pub trait LayerNormBackend: Backend {
     /// `(x - mean) / sqrt(var + eps) * gamma + beta` per row of `x [rows, C]`.
-    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
         let (normed, _) = composed::normalise::<Self>(x, eps);
         let c = gamma.shape()[0];
         let scaled = Self::float_mul(normed, Self::float_reshape(gamma, [1, c].into()));
@@ -124,7 +129,12 @@ impl<B: LayerNormBackend> Backward<B, 3> for LayerNormBackward {
 }
 
 impl<B: LayerNormBackend, C: CheckpointStrategy> LayerNormBackend for Autodiff<B, C> {
-    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
         match LayerNormBackward
             .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
             .compute_bound()
@@ -134,7 +144,9 @@ impl<B: LayerNormBackend, C: CheckpointStrategy> LayerNormBackend for Autodiff<B
                 let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), eps);
                 prep.finish(state, B::fused_layer_norm(x.primitive, gamma.primitive, beta.primitive, eps))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(x.primitive, gamma.primitive, beta.primitive, eps)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_layer_norm(x.primitive, gamma.primitive, beta.primitive, eps))
+            }
         }
     }
 }
@@ -156,7 +168,12 @@ impl LayerNormBackend for Flex {
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 
-    fn fused_layer_norm_backward(x: FlexTensor, gamma: FlexTensor, output_grad: FlexTensor, eps: f32) -> LayerNormGrads<Flex> {
+    fn fused_layer_norm_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        output_grad: FlexTensor,
+        eps: f32,
+    ) -> LayerNormGrads<Flex> {
         let shape = x.shape();
         let [_, c]: [usize; 2] = shape.dims();
         let (x, gamma, grad) = (values(&x), values(&gamma), values(&output_grad));
@@ -314,10 +331,13 @@ mod tests {
         let device = Default::default();
         for (rows, c) in [(3, 5), (1100, 64), (2 * ROWS_PER_TASK + 7, 19)] {
             let mut rng = SplitMix::new((rows * c) as u64);
-            let mut draw = |n: usize, scale: f32, shift: f32| (0..n).map(|_| rng.normal() * scale + shift).collect::<Vec<f32>>();
-            let (xs, gs, bs, rs) = (draw(rows * c, 3.0, 1.5), draw(c, 1.0, 1.0), draw(c, 1.0, 0.0), draw(rows * c, 1.0, 0.0));
+            let mut draw =
+                |n: usize, scale: f32, shift: f32| (0..n).map(|_| rng.normal() * scale + shift).collect::<Vec<f32>>();
+            let (xs, gs, bs, rs) =
+                (draw(rows * c, 3.0, 1.5), draw(c, 1.0, 1.0), draw(c, 1.0, 0.0), draw(rows * c, 1.0, 0.0));
             let matrix = |v: &[f32]| Tensor::<Ad, 2>::from_data(TensorData::new(v.to_vec(), [rows, c]), &device);
-            let vector = |v: &[f32]| Tensor::<Ad, 1>::from_data(TensorData::new(v.to_vec(), [c]), &device).require_grad();
+            let vector =
+                |v: &[f32]| Tensor::<Ad, 1>::from_data(TensorData::new(v.to_vec(), [c]), &device).require_grad();
             let (x, gamma, beta) = (matrix(&xs).require_grad(), vector(&gs), vector(&bs));
             let (x_ref, gamma_ref, beta_ref) = (matrix(&xs).require_grad(), vector(&gs), vector(&bs));
             let r = matrix(&rs);
@@ -348,7 +368,8 @@ mod tests {
         let flex = |v: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(v, shape));
         let (xs, gs, bs, rs) = (draw(rows * c), draw(c), draw(c), draw(rows * c));
         let x = || flex(xs.clone(), vec![rows, c]);
-        let (gamma, beta, grad) = (|| flex(gs.clone(), vec![c]), || flex(bs.clone(), vec![c]), || flex(rs.clone(), vec![rows, c]));
+        let (gamma, beta, grad) =
+            (|| flex(gs.clone(), vec![c]), || flex(bs.clone(), vec![c]), || flex(rs.clone(), vec![rows, c]));
         let values = |t: FlexTensor| values(&t).to_vec();
         let fused = Flex::fused_layer_norm(x(), gamma(), beta(), 1e-6);
         let normed = composed::normalise::<Flex>(x(), 1e-6).0;

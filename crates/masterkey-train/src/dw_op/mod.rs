@@ -137,7 +137,12 @@ fn conv_options<T: TensorMetadata>(weight: &T, stride: usize) -> ConvOptions<2> 
 }
 
 /// The bias gradient: the output gradient summed over all but the channel axis.
-fn bias_backward<B: Backend>(x: FloatTensor<B>, bias: FloatTensor<B>, grad: FloatTensor<B>, layout: Layout) -> FloatTensor<B> {
+fn bias_backward<B: Backend>(
+    x: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    layout: Layout,
+) -> FloatTensor<B> {
     match layout {
         Layout::ChannelsFirst => B::conv2d_bias_backward(x, bias, grad),
         Layout::ChannelsLast => {

@@ -22,18 +22,20 @@ pub(super) fn input_grad(g: &Geometry, weight: &[f32], grad: &[f32]) -> Vec<f32>
     // same geometry: turned once here, not per image.
     let turned: Vec<f32> = weight.chunks_exact(g.k * g.k).flat_map(|f| f.iter().rev()).copied().collect();
     let mut out = vec![0.0f32; g.n * g.c * g.in_plane()];
-    out.par_chunks_mut(g.in_plane()).zip(grad.par_chunks(g.out_plane())).enumerate().for_each(|(plane, (out, grad))| {
-        // Written before it is read: a fresh zeroed allocation read
-        // first maps the shared zero page, and every first write then
-        // costs a copy-on-write fault with a TLB shootdown.
-        out.fill(0.0);
-        let c = plane % g.c;
-        if g.stride == 1 {
-            simd::correlate_plane(g, &g.padded(grad), g.filter(&turned, c), out);
-        } else {
-            simd::input_grad_plane(g, grad, g.filter(weight, c), out);
-        }
-    });
+    out.par_chunks_mut(g.in_plane()).zip(grad.par_chunks(g.out_plane())).enumerate().for_each(
+        |(plane, (out, grad))| {
+            // Written before it is read: a fresh zeroed allocation read
+            // first maps the shared zero page, and every first write then
+            // costs a copy-on-write fault with a TLB shootdown.
+            out.fill(0.0);
+            let c = plane % g.c;
+            if g.stride == 1 {
+                simd::correlate_plane(g, &g.padded(grad), g.filter(&turned, c), out);
+            } else {
+                simd::input_grad_plane(g, grad, g.filter(weight, c), out);
+            }
+        },
+    );
     out
 }
 
@@ -393,4 +395,3 @@ mod avx2 {
         }
     }
 }
-

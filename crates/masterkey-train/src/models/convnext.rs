@@ -2,10 +2,10 @@
 //!
 //! Block: `x + gamma * Linear(GELU(Linear(LN(DW7x7(x))))[, GRN])`, all on
 //! channels-last tensors. V1 scales the branch by a learnable layer scale
-//! `gamma` (official init 1e-6); V2
-//! drops it and adds GRN after the GELU. Stochastic depth and dropout are not
-//! implemented (a run stays a function of its seed), so results compare with
-//! the official recipes run with `drop_path = 0`.
+//! `gamma` (official init 1e-6); V2 drops it and adds GRN after the GELU.
+//! Stochastic depth and dropout are not implemented (a run stays a function
+//! of its seed), so results compare with the official recipes run with
+//! `drop_path = 0`.
 //!
 //! ImageNet stem: 4x4 stride-4 patchify conv + LN. Small-input variant (for
 //! 28-64 px): 2x2 stride-2 patchify stem, so a 32 px image gives stages of
@@ -13,14 +13,16 @@
 //! downsampling layers (LN + 2x2 stride-2 conv) and stages are unchanged.
 
 use crate::dw_op::Layout;
+use crate::gelu_op::gelu;
 use crate::ModelBackend;
 use burn::module::{Module, Param};
-use crate::gelu_op::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::dw::{DwConv, DwLayers, DwPlan};
-use crate::layers::{broadcast_last, filled, global_mean_channels_last, to_channels_last, Conv, Dense, LastAxisNorm, WeightInit};
+use crate::layers::{
+    broadcast_last, filled, global_mean_channels_last, to_channels_last, Conv, Dense, LastAxisNorm, WeightInit,
+};
 use crate::models::ModelSpec;
 use crate::rng::SplitMix;
 
@@ -57,9 +59,8 @@ impl<B: Backend> Grn<B> {
         // zeros (GELU underflows to exactly 0, and in the last stage of the
         // small-input variant a channel is one pixel): without it a long run
         // turns to NaN. It moves the norm by at most 1e-6.
-        let gx = (x.clone().reshape([n, h * w, c]).powi_scalar(2).sum_dim(1) + GRN_NORM_FLOOR)
-            .sqrt()
-            .reshape([n, 1, 1, c]);
+        let gx =
+            (x.clone().reshape([n, h * w, c]).powi_scalar(2).sum_dim(1) + GRN_NORM_FLOOR).sqrt().reshape([n, 1, 1, c]);
         let nx = gx.clone() / (gx.mean_dim(3) + 1e-6);
         broadcast_last::<B, 4>(self.gamma.val()) * (x.clone() * nx) + broadcast_last::<B, 4>(self.beta.val()) + x
     }

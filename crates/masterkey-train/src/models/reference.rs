@@ -6,9 +6,9 @@
 //! are drawn as ConvNeXt draws them (`trunc_normal_(0.02)`).
 
 use crate::dw_op::Layout;
+use crate::gelu_op::gelu;
 use crate::ModelBackend;
 use burn::module::Module;
-use crate::gelu_op::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
