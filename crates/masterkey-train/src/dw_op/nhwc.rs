@@ -9,6 +9,8 @@
 //! carry no bounds. The kernels are written once over [`Vector`] and compiled
 //! for AVX-512, AVX2 and plain Rust; the widest the CPU has is used.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Sizes of one channels-last depthwise convolution.
@@ -181,11 +183,22 @@ pub(super) fn forward(isa: Isa, s: &Shape, x: &[f32], weight: &[f32], bias: &[f3
     let taps = taps(weight, s, grid.padded, false);
     let mut padded_bias = bias.to_vec();
     padded_bias.resize(grid.padded, 0.0);
-    let mut out = vec![0.0f32; s.n * s.out_image()];
-    out.par_chunks_mut(s.out_image()).zip(x.par_chunks(s.image())).for_each_init(Vec::new, |buffer, (out, x)| {
-        grid.spread(x, s.h, s.w, 1, buffer);
-        kernels::correlate(isa, &grid, buffer, &taps, &padded_bias, out);
-    });
+    written(s.n * s.out_image(), |out| {
+        out.par_chunks_mut(s.out_image()).zip(x.par_chunks(s.image())).for_each_init(Vec::new, |buffer, (out, x)| {
+            grid.spread(x, s.h, s.w, 1, buffer);
+            kernels::correlate(isa, &grid, buffer, &taps, &padded_bias, out);
+        });
+    })
+}
+
+/// A fresh buffer of `len` values, all written by `fill` (which
+/// `correlate` does: every output of its grid): not zero-filled first, a
+/// full pass over memory for nothing.
+fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: every caller's `fill` writes all `len` values.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -194,12 +207,15 @@ pub(super) fn input_grad(isa: Isa, s: &Shape, weight: &[f32], grad: &[f32]) -> V
     let grid = Grid::input_grad(s, isa);
     let taps = taps(weight, s, grid.padded, true);
     let zeros = vec![0.0f32; grid.padded];
-    let mut out = vec![0.0f32; s.n * s.image()];
-    out.par_chunks_mut(s.image()).zip(grad.par_chunks(s.out_image())).for_each_init(Vec::new, |buffer, (out, grad)| {
-        grid.spread(grad, s.oh, s.ow, s.stride, buffer);
-        kernels::correlate(isa, &grid, buffer, &taps, &zeros, out);
-    });
-    out
+    written(s.n * s.image(), |out| {
+        out.par_chunks_mut(s.image()).zip(grad.par_chunks(s.out_image())).for_each_init(
+            Vec::new,
+            |buffer, (out, grad)| {
+                grid.spread(grad, s.oh, s.ow, s.stride, buffer);
+                kernels::correlate(isa, &grid, buffer, &taps, &zeros, out);
+            },
+        );
+    })
 }
 
 /// The gradient of the filters (`[C, 1, k, k]`), given that of the output:
@@ -421,6 +437,8 @@ mod x86 {
 /// on every tap are what kept the first, checked versions slow. Each entry
 /// point asserts the lengths its loops rely on.
 mod generic {
+    use std::mem::MaybeUninit;
+
     use super::{Grid, Vector};
 
     /// Output pixels of a row computed together: independent multiply-add
@@ -428,22 +446,136 @@ mod generic {
     const GROUP: usize = 8;
 
     #[inline(always)]
-    pub(super) fn correlate<V: Vector>(g: &Grid, buffer: &[f32], taps: &[f32], bias: &[f32], out: &mut [f32]) {
+    pub(super) fn correlate<V: Vector>(
+        g: &Grid,
+        buffer: &[f32],
+        taps: &[f32],
+        bias: &[f32],
+        out: &mut [MaybeUninit<f32>],
+    ) {
         assert!(g.padded.is_multiple_of(V::LANES) && buffer.len() >= g.buffer_len());
         assert!(taps.len() >= g.k * g.k * g.padded && bias.len() >= g.padded);
         assert!(out.len() >= g.rows * g.cols * g.channels);
+        // SAFETY (every arm): the asserts above bound every pointer a group reads and writes.
+        match (g.stride, g.k) {
+            (1, 3) => unsafe { correlate_unit::<V, 3>(g, buffer, taps, bias, out) },
+            (1, 5) => unsafe { correlate_unit::<V, 5>(g, buffer, taps, bias, out) },
+            (1, 7) => unsafe { correlate_unit::<V, 7>(g, buffer, taps, bias, out) },
+            _ => {
+                for oy in 0..g.rows {
+                    for cv in (0..g.padded).step_by(V::LANES) {
+                        let mut ox = 0;
+                        while ox < g.cols {
+                            ox += unsafe {
+                                match g.cols - ox {
+                                    GROUP.. => pixels::<V, GROUP>(g, buffer, taps, bias, out, oy, ox, cv),
+                                    4..GROUP => pixels::<V, 4>(g, buffer, taps, bias, out, oy, ox, cv),
+                                    _ => pixels::<V, 1>(g, buffer, taps, bias, out, oy, ox, cv),
+                                }
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`correlate`] at stride 1 with a `K x K` kernel known at compile time:
+    /// the `N + K - 1` input vectors a row of taps reads for `N` outputs are
+    /// loaded once and kept in registers (AVX-512: 8 outputs, 14 inputs and
+    /// a tap in its 32 registers; 8-lane vectors: 4 outputs in 16), instead
+    /// of one load per multiply-add.
+    #[inline(always)]
+    unsafe fn correlate_unit<V: Vector, const K: usize>(
+        g: &Grid,
+        buffer: &[f32],
+        taps: &[f32],
+        bias: &[f32],
+        out: &mut [MaybeUninit<f32>],
+    ) {
         for oy in 0..g.rows {
             for cv in (0..g.padded).step_by(V::LANES) {
                 let mut ox = 0;
                 while ox < g.cols {
-                    // SAFETY: the asserts above bound every pointer the group reads and writes.
+                    // SAFETY: as in `correlate`.
                     ox += unsafe {
-                        match g.cols - ox {
-                            GROUP.. => pixels::<V, GROUP>(g, buffer, taps, bias, out, oy, ox, cv),
-                            4..GROUP => pixels::<V, 4>(g, buffer, taps, bias, out, oy, ox, cv),
+                        match (V::LANES, g.cols - ox) {
+                            (16, 8..) => sliding::<V, K, 8>(g, buffer, taps, bias, out, oy, ox, cv),
+                            (_, 4..) => sliding::<V, K, 4>(g, buffer, taps, bias, out, oy, ox, cv),
                             _ => pixels::<V, 1>(g, buffer, taps, bias, out, oy, ox, cv),
                         }
                     };
+                }
+            }
+        }
+    }
+
+    /// `N` output pixels as in [`pixels`], stride 1, inputs held in registers.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn sliding<V: Vector, const K: usize, const N: usize>(
+        g: &Grid,
+        buffer: &[f32],
+        taps: &[f32],
+        bias: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        oy: usize,
+        ox: usize,
+        cv: usize,
+    ) -> usize {
+        let cp = g.padded;
+        // SAFETY: rows oy + ky < buffer_rows and columns ox + N + K - 2 < width
+        // (`width = cols - 1 + K`, `ox + N <= cols`); taps hold `padded` floats per tap.
+        unsafe {
+            let mut acc = [V::zero(); N];
+            for ky in 0..K {
+                let row = buffer.as_ptr().add(((oy + ky) * g.width + ox) * cp + cv);
+                // N + K - 1 <= 14 values; a fixed array so the loops unroll into registers.
+                let mut inputs = [V::zero(); 16];
+                for (i, input) in inputs.iter_mut().enumerate().take(N + K - 1) {
+                    *input = V::load(row.add(i * cp));
+                }
+                let tap_row = taps.as_ptr().add(ky * K * cp + cv);
+                for kx in 0..K {
+                    let tap = V::load(tap_row.add(kx * cp));
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        *acc = V::mul_add(tap, inputs[j + kx], *acc);
+                    }
+                }
+            }
+            store_pixels(g, &acc, bias, out, oy, ox, cv);
+        }
+        N
+    }
+
+    /// Writes `acc + bias` for `N` output pixels from column `ox` of row
+    /// `oy`, channels `cv..cv + LANES` (only those below `channels`).
+    ///
+    /// # Safety
+    /// As [`Vector::zero`]; the pixels are inside `rows x cols` of `out`.
+    #[inline(always)]
+    unsafe fn store_pixels<V: Vector, const N: usize>(
+        g: &Grid,
+        acc: &[V; N],
+        bias: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        oy: usize,
+        ox: usize,
+        cv: usize,
+    ) {
+        let c = g.channels;
+        // SAFETY: the caller's bounds; `lanes` holds any vector's lanes.
+        unsafe {
+            let bias = V::load(bias.as_ptr().add(cv));
+            for (j, acc) in acc.iter().enumerate() {
+                let value = acc.add(bias);
+                let dst = out.as_mut_ptr().cast::<f32>().add((oy * g.cols + ox + j) * c + cv);
+                if cv + V::LANES <= c {
+                    value.store(dst);
+                } else {
+                    let mut lanes = [0.0f32; 16];
+                    value.store(lanes.as_mut_ptr());
+                    std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst, c - cv);
                 }
             }
         }
@@ -457,12 +589,12 @@ mod generic {
         buffer: &[f32],
         taps: &[f32],
         bias: &[f32],
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
         oy: usize,
         ox: usize,
         cv: usize,
     ) -> usize {
-        let (k, s, cp, c) = (g.k, g.stride, g.padded, g.channels);
+        let (k, s, cp) = (g.k, g.stride, g.padded);
         // SAFETY: rows oy * s + ky < buffer_rows and columns (ox + N - 1) * s + kx < width;
         // taps and bias hold `padded` floats per tap; outputs are inside `rows x cols`.
         unsafe {
@@ -477,18 +609,7 @@ mod generic {
                     }
                 }
             }
-            let bias = V::load(bias.as_ptr().add(cv));
-            for (j, acc) in acc.iter().enumerate() {
-                let value = acc.add(bias);
-                let dst = out.as_mut_ptr().add((oy * g.cols + ox + j) * c + cv);
-                if cv + V::LANES <= c {
-                    value.store(dst);
-                } else {
-                    let mut lanes = [0.0f32; 16];
-                    value.store(lanes.as_mut_ptr());
-                    std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst, c - cv);
-                }
-            }
+            store_pixels(g, &acc, bias, out, oy, ox, cv);
         }
         N
     }
@@ -558,6 +679,8 @@ mod generic {
 
 /// The [`generic`] kernels compiled for each [`Isa`].
 mod kernels {
+    use std::mem::MaybeUninit;
+
     use super::{generic, Grid, Isa, Portable};
 
     macro_rules! per_isa {
@@ -587,7 +710,7 @@ mod kernels {
         };
     }
 
-    per_isa!(correlate(g: &Grid, buffer: &[f32], taps: &[f32], bias: &[f32], out: &mut [f32]));
+    per_isa!(correlate(g: &Grid, buffer: &[f32], taps: &[f32], bias: &[f32], out: &mut [MaybeUninit<f32>]));
     per_isa!(filter_grad(g: &Grid, buffer: &[f32], grad: &[f32], acc: &mut [f32]));
 
     /// The box sums in plain loops the compiler vectorises, built per [`Isa`] like the rest.
