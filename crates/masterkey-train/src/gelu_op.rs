@@ -24,7 +24,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::cpu::values;
+use crate::cpu::{values, written};
 use std::mem::MaybeUninit;
 
 /// A backend with a GELU operation of its own; see the module docs.
@@ -83,14 +83,12 @@ impl GeluBackend for Flex {
     fn gelu_op(x: FlexTensor) -> FlexTensor {
         let shape = x.shape();
         let x = values(&x);
-        // Every value is written below: not zero-filled first (a full pass
-        // over memory for nothing).
-        let mut out = Vec::with_capacity(x.len());
-        out.spare_capacity_mut().par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| {
-            simd::gelu_slice(x, out);
-        });
-        // SAFETY: `gelu_slice` wrote all `x.len()` values.
-        unsafe { out.set_len(x.len()) };
+        // SAFETY: `gelu_slice` writes every value of its chunk.
+        let out = unsafe {
+            written(x.len(), |out| {
+                out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| simd::gelu_slice(x, out));
+            })
+        };
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 

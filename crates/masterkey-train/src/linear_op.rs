@@ -21,7 +21,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::cpu::values;
+use crate::cpu::{values, written};
 
 /// A backend with a linear operation of its own; see the module docs.
 pub trait LinearBackend: Backend {
@@ -169,16 +169,6 @@ fn product(lhs: &Matrix, rhs: &Matrix, out: &mut [std::mem::MaybeUninit<f32>], a
     }
 }
 
-/// A fresh `len` buffer that `fill` writes completely.
-fn written(len: usize, fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>])) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len);
-    fill(&mut out.spare_capacity_mut()[..len]);
-    // SAFETY: every caller's `fill` writes all `len` values (gemm without
-    // reading, or the bias rows before gemm accumulates).
-    unsafe { out.set_len(len) };
-    out
-}
-
 fn dims2(t: &FlexTensor) -> [usize; 2] {
     t.shape().dims()
 }
@@ -187,32 +177,41 @@ impl LinearBackend for Flex {
     fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
         let ([rows, d_in], [_, d_out]) = (dims2(&x), dims2(&weight));
         let (x, weight, bias) = (values(&x), values(&weight), values(&bias));
-        let out = written(rows * d_out, |out| {
-            out.par_chunks_mut(d_out.max(1)).for_each(|row| {
-                row.iter_mut().zip(bias.iter()).for_each(|(o, &b)| {
-                    o.write(b);
-                })
-            });
-            product(&Matrix::new(&x, rows, d_in), &Matrix::new(&weight, d_in, d_out), out, true);
-        });
+        // SAFETY: the bias fills every row, then the product accumulates onto it.
+        let out = unsafe {
+            written(rows * d_out, |out| {
+                out.par_chunks_mut(d_out.max(1)).for_each(|row| {
+                    row.iter_mut().zip(bias.iter()).for_each(|(o, &b)| {
+                        o.write(b);
+                    })
+                });
+                product(&Matrix::new(&x, rows, d_in), &Matrix::new(&weight, d_in, d_out), out, true);
+            })
+        };
         FlexTensor::from_data(TensorData::new(out, [rows, d_out]))
     }
 
     fn fused_linear_x_backward(weight: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
         let ([d_in, d_out], [rows, _]) = (dims2(&weight), dims2(&output_grad));
         let (weight, grad) = (values(&weight), values(&output_grad));
-        let out = written(rows * d_in, |out| {
-            product(&Matrix::new(&grad, rows, d_out), &Matrix::new(&weight, d_in, d_out).transposed(), out, false);
-        });
+        // SAFETY: the product, not reading `out`, writes all of it.
+        let out = unsafe {
+            written(rows * d_in, |out| {
+                product(&Matrix::new(&grad, rows, d_out), &Matrix::new(&weight, d_in, d_out).transposed(), out, false);
+            })
+        };
         FlexTensor::from_data(TensorData::new(out, [rows, d_in]))
     }
 
     fn fused_linear_weight_backward(x: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
         let ([rows, d_in], [_, d_out]) = (dims2(&x), dims2(&output_grad));
         let (x, grad) = (values(&x), values(&output_grad));
-        let out = written(d_in * d_out, |out| {
-            product(&Matrix::new(&x, rows, d_in).transposed(), &Matrix::new(&grad, rows, d_out), out, false);
-        });
+        // SAFETY: as above.
+        let out = unsafe {
+            written(d_in * d_out, |out| {
+                product(&Matrix::new(&x, rows, d_in).transposed(), &Matrix::new(&grad, rows, d_out), out, false);
+            })
+        };
         FlexTensor::from_data(TensorData::new(out, [d_in, d_out]))
     }
 

@@ -9,9 +9,9 @@
 //! carry no bounds. The kernels are written once over [`Vector`] and compiled
 //! for AVX-512, AVX2 and plain Rust; the widest the CPU has is used.
 
-use std::mem::MaybeUninit;
-
 use rayon::prelude::*;
+
+use crate::cpu::written;
 
 /// Sizes of one channels-last depthwise convolution.
 #[derive(Clone, Copy, Debug)]
@@ -183,23 +183,18 @@ pub(super) fn forward(isa: Isa, s: &Shape, x: &[f32], weight: &[f32], bias: &[f3
     let taps = taps(weight, s, grid.padded, false);
     let mut padded_bias = bias.to_vec();
     padded_bias.resize(grid.padded, 0.0);
-    written(s.n * s.out_image(), |out| {
-        out.par_chunks_mut(s.out_image()).zip(x.par_chunks(s.image())).for_each_init(Vec::new, |buffer, (out, x)| {
-            grid.spread(x, s.h, s.w, 1, buffer);
-            kernels::correlate(isa, &grid, buffer, &taps, &padded_bias, out);
-        });
-    })
-}
-
-/// A fresh buffer of `len` values, all written by `fill` (which
-/// `correlate` does: every output of its grid): not zero-filled first, a
-/// full pass over memory for nothing.
-fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len);
-    fill(&mut out.spare_capacity_mut()[..len]);
-    // SAFETY: every caller's `fill` writes all `len` values.
-    unsafe { out.set_len(len) };
-    out
+    // SAFETY: `correlate` writes every output of its grid, one image per chunk.
+    unsafe {
+        written(s.n * s.out_image(), |out| {
+            out.par_chunks_mut(s.out_image()).zip(x.par_chunks(s.image())).for_each_init(
+                Vec::new,
+                |buffer, (out, x)| {
+                    grid.spread(x, s.h, s.w, 1, buffer);
+                    kernels::correlate(isa, &grid, buffer, &taps, &padded_bias, out);
+                },
+            );
+        })
+    }
 }
 
 /// The gradient of `x`, given that of the output.
@@ -207,15 +202,18 @@ pub(super) fn input_grad(isa: Isa, s: &Shape, weight: &[f32], grad: &[f32]) -> V
     let grid = Grid::input_grad(s, isa);
     let taps = taps(weight, s, grid.padded, true);
     let zeros = vec![0.0f32; grid.padded];
-    written(s.n * s.image(), |out| {
-        out.par_chunks_mut(s.image()).zip(grad.par_chunks(s.out_image())).for_each_init(
-            Vec::new,
-            |buffer, (out, grad)| {
-                grid.spread(grad, s.oh, s.ow, s.stride, buffer);
-                kernels::correlate(isa, &grid, buffer, &taps, &zeros, out);
-            },
-        );
-    })
+    // SAFETY: as in `forward`.
+    unsafe {
+        written(s.n * s.image(), |out| {
+            out.par_chunks_mut(s.image()).zip(grad.par_chunks(s.out_image())).for_each_init(
+                Vec::new,
+                |buffer, (out, grad)| {
+                    grid.spread(grad, s.oh, s.ow, s.stride, buffer);
+                    kernels::correlate(isa, &grid, buffer, &taps, &zeros, out);
+                },
+            );
+        })
+    }
 }
 
 /// The gradient of the filters (`[C, 1, k, k]`), given that of the output:
