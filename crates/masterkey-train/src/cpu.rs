@@ -23,3 +23,70 @@ pub(crate) unsafe fn written(len: usize, fill: impl FnOnce(&mut [std::mem::Maybe
     unsafe { out.set_len(len) };
     out
 }
+
+/// The instruction set the CPU kernels run on, chosen at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    /// The widest one this CPU has.
+    pub fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            if avx2 && std::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every one this CPU runs, widest first (the tests run them all).
+    #[cfg(test)]
+    pub fn available() -> Vec<Isa> {
+        let best = Isa::best();
+        [Isa::Avx512, Isa::Avx2, Isa::Portable].into_iter().skip_while(|&isa| isa != best).collect()
+    }
+}
+
+/// `$vis fn $name(isa: Isa, args..)` running, for `isa`, `$avx512` compiled
+/// with AVX-512F, `$avx2` compiled with AVX2 and FMA, or `$plain` compiled
+/// for the build's baseline. The callees are `#[inline(always)]` loops, so
+/// each build is vectorised for its instruction set.
+macro_rules! per_isa {
+    ($vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $avx512:path, $avx2:path, $plain:path) => {
+        #[allow(clippy::too_many_arguments)] // the callee's arguments, forwarded
+        $vis fn $name(isa: $crate::cpu::Isa, $($arg: $ty),*) {
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = isa;
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn avx512($($arg: $ty),*) {
+                    $avx512($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    $avx2($($arg),*)
+                }
+                match isa {
+                    // SAFETY: `Isa::best` names these only where the CPU has the features.
+                    $crate::cpu::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::cpu::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::cpu::Isa::Portable => {}
+                }
+            }
+            $plain($($arg),*)
+        }
+    };
+}
+
+pub(crate) use per_isa;

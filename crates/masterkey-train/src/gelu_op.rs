@@ -6,8 +6,8 @@
 //! Hand-written because burn 0.21's CPU GELU calls libm's scalar `erff` on
 //! one thread, forward and backward: an eighth of a training step of the
 //! reference model (REFERENCE §5) went there. Here `erf` and `exp` are
-//! branch-free polynomials the compiler vectorises (AVX2 where the CPU has
-//! it), split across cores. Accuracy: `erfc` by the Chebyshev fit of Press
+//! branch-free polynomials the compiler vectorises (AVX-512 or AVX2 where the
+//! CPU has it), split across cores. Accuracy: `erfc` by the Chebyshev fit of Press
 //! et al., *Numerical Recipes* §6.2 (fractional error below 1.2e-7), `exp` by
 //! range reduction and a degree-6 polynomial (a few ulp); tested against
 //! burn's libm-based GELU to 1e-6.
@@ -24,7 +24,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::cpu::{values, written};
+use crate::cpu::{values, written, Isa};
 use std::mem::MaybeUninit;
 
 /// A backend with a GELU operation of its own; see the module docs.
@@ -81,29 +81,31 @@ const CHUNK: usize = 1 << 14;
 
 impl GeluBackend for Flex {
     fn gelu_op(x: FlexTensor) -> FlexTensor {
-        let shape = x.shape();
+        let (shape, isa) = (x.shape(), Isa::best());
         let x = values(&x);
         // SAFETY: `gelu_slice` writes every value of its chunk.
         let out = unsafe {
             written(x.len(), |out| {
-                out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| simd::gelu_slice(x, out));
+                out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| simd::gelu_slice(isa, x, out));
             })
         };
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 
     fn gelu_op_backward(x: FlexTensor, mut output_grad: FlexTensor) -> FlexTensor {
-        let shape = x.shape();
+        let (shape, isa) = (x.shape(), Isa::best());
         let x = values(&x);
         assert_eq!(x.len(), shape.num_elements(), "GELU gradient of another shape");
         // In place where the gradient is not shared (the usual case): no new buffer.
         let whole = output_grad.is_contiguous() && output_grad.layout().start_offset() == 0;
         if let Some(grad) = output_grad.try_storage_mut::<f32>().filter(|g| whole && g.len() == x.len()) {
-            grad.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(grad, x)| simd::gelu_grad_slice(x, grad));
+            grad.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .for_each(|(grad, x)| simd::gelu_grad_slice(isa, x, grad));
             return output_grad;
         }
         let mut grad = values(&output_grad).into_owned();
-        grad.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(grad, x)| simd::gelu_grad_slice(x, grad));
+        grad.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(grad, x)| simd::gelu_grad_slice(isa, x, grad));
         FlexTensor::from_data(TensorData::new(grad, shape))
     }
 }
@@ -205,42 +207,17 @@ fn gelu_grad_slice_auto<const FUSED: bool>(x: &[f32], grad: &mut [f32]) {
     }
 }
 
-/// The slice loops compiled for AVX-512 and for AVX2 (fused multiply-adds;
-/// chosen at run time where the CPU has them) and for the build's baseline
-/// target.
+/// The slice loops built per instruction set, with fused multiply-adds where
+/// the CPU has FMA.
 mod simd {
     use std::mem::MaybeUninit;
 
-    macro_rules! dispatch {
-        ($name:ident, $auto:ident ($($arg:ident: $ty:ty),*)) => {
-            pub(super) fn $name($($arg: $ty),*) {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx512f,avx2,fma")]
-                    fn avx512($($arg: $ty),*) {
-                        super::$auto::<true>($($arg),*)
-                    }
-                    #[target_feature(enable = "avx2,fma")]
-                    fn avx2($($arg: $ty),*) {
-                        super::$auto::<true>($($arg),*)
-                    }
-                    let avx2_fma = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-                    if avx2_fma && std::is_x86_feature_detected!("avx512f") {
-                        // SAFETY: the CPU has AVX-512F, AVX2 and FMA, checked just above.
-                        return unsafe { avx512($($arg),*) };
-                    }
-                    if avx2_fma {
-                        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                        return unsafe { avx2($($arg),*) };
-                    }
-                }
-                super::$auto::<false>($($arg),*)
-            }
-        };
-    }
+    use crate::cpu::per_isa;
 
-    dispatch!(gelu_slice, gelu_slice_auto(x: &[f32], out: &mut [MaybeUninit<f32>]));
-    dispatch!(gelu_grad_slice, gelu_grad_slice_auto(x: &[f32], grad: &mut [f32]));
+    per_isa!(pub(super) fn gelu_slice(x: &[f32], out: &mut [MaybeUninit<f32>])
+        => super::gelu_slice_auto::<true>, super::gelu_slice_auto::<true>, super::gelu_slice_auto::<false>);
+    per_isa!(pub(super) fn gelu_grad_slice(x: &[f32], grad: &mut [f32])
+        => super::gelu_grad_slice_auto::<true>, super::gelu_grad_slice_auto::<true>, super::gelu_grad_slice_auto::<false>);
 }
 
 #[cfg(test)]

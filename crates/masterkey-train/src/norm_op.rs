@@ -19,7 +19,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::cpu::values;
+use crate::cpu::{values, Isa};
 
 /// The gradients of a LayerNorm: input, scale, shift.
 pub struct LayerNormGrads<B: Backend> {
@@ -160,10 +160,11 @@ impl LayerNormBackend for Flex {
         let shape = x.shape();
         let [_, c]: [usize; 2] = shape.dims();
         let (x, gamma, beta) = (values(&x), values(&gamma), values(&beta));
+        let isa = Isa::best();
         let mut out = vec![0.0f32; x.len()];
         let chunk = ROWS_PER_TASK * c;
         out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(out, x)| {
-            simd::forward_rows(x, &gamma, &beta, eps, out);
+            simd::forward_rows(isa, x, &gamma, &beta, eps, out);
         });
         FlexTensor::from_data(TensorData::new(out, shape))
     }
@@ -177,6 +178,7 @@ impl LayerNormBackend for Flex {
         let shape = x.shape();
         let [_, c]: [usize; 2] = shape.dims();
         let (x, gamma, grad) = (values(&x), values(&gamma), values(&output_grad));
+        let isa = Isa::best();
         let chunk = ROWS_PER_TASK * c;
         let mut dx = vec![0.0f32; x.len()];
         let tasks = x.len().div_ceil(chunk.max(1));
@@ -187,7 +189,7 @@ impl LayerNormBackend for Flex {
             .zip(partials.par_chunks_mut(2 * c))
             .for_each(|((dx, (x, grad)), partial)| {
                 let (dgamma, dbeta) = partial.split_at_mut(c);
-                simd::backward_rows(x, &gamma, grad, eps, dx, dgamma, dbeta);
+                simd::backward_rows(isa, x, &gamma, grad, eps, dx, dgamma, dbeta);
             });
         let total = |offset: usize| -> Vec<f32> {
             (0..c).map(|i| partials.chunks_exact(2 * c).map(|p| p[offset + i] as f64).sum::<f64>() as f32).collect()
@@ -231,7 +233,7 @@ fn moments(x: &[f32], eps: f32) -> (f32, f32) {
 }
 
 // Index loops, not iterator adaptors, so that everything inlines into the
-// AVX2 versions below (see `gelu_op`).
+// per-instruction-set builds below (see `gelu_op`).
 #[inline(always)]
 fn forward_rows_auto(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
     let c = gamma.len();
@@ -270,30 +272,13 @@ fn backward_rows_auto(
     }
 }
 
-/// The row loops compiled for AVX2 where the CPU has it (chosen at run time)
-/// and for the build's baseline target.
+/// The row loops built per instruction set.
 mod simd {
-    #[cfg(target_arch = "x86_64")]
-    fn has_avx2() -> bool {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
+    use crate::cpu::per_isa;
 
-    pub(super) fn forward_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2,fma")]
-            fn avx2(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
-                super::forward_rows_auto(x, gamma, beta, eps, out)
-            }
-            if has_avx2() {
-                // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                return unsafe { avx2(x, gamma, beta, eps, out) };
-            }
-        }
-        super::forward_rows_auto(x, gamma, beta, eps, out)
-    }
-
-    pub(super) fn backward_rows(
+    per_isa!(pub(super) fn forward_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32])
+        => super::forward_rows_auto, super::forward_rows_auto, super::forward_rows_auto);
+    per_isa!(pub(super) fn backward_rows(
         x: &[f32],
         gamma: &[f32],
         grad: &[f32],
@@ -301,20 +286,7 @@ mod simd {
         dx: &mut [f32],
         dgamma: &mut [f32],
         dbeta: &mut [f32],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2,fma")]
-            fn avx2(x: &[f32], gamma: &[f32], grad: &[f32], eps: f32, dx: &mut [f32], dg: &mut [f32], db: &mut [f32]) {
-                super::backward_rows_auto(x, gamma, grad, eps, dx, dg, db)
-            }
-            if has_avx2() {
-                // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                return unsafe { avx2(x, gamma, grad, eps, dx, dgamma, dbeta) };
-            }
-        }
-        super::backward_rows_auto(x, gamma, grad, eps, dx, dgamma, dbeta)
-    }
+    ) => super::backward_rows_auto, super::backward_rows_auto, super::backward_rows_auto);
 }
 
 #[cfg(test)]

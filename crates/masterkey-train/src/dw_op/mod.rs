@@ -24,7 +24,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
-use crate::cpu::values;
+use crate::cpu::{values, Isa};
 
 /// Memory order of the activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,14 +304,14 @@ impl<B: DepthwiseBackend, C: CheckpointStrategy> DepthwiseBackend for Autodiff<B
 /// The two kernel families' sizes for one operation on the CPU.
 enum Sizes {
     First(nchw::Geometry),
-    Last(nhwc::Shape, nhwc::Isa),
+    Last(nhwc::Shape, Isa),
 }
 
 impl Sizes {
     fn new(x_dims: [usize; 4], kernel: usize, stride: usize, layout: Layout) -> Self {
         match layout {
             Layout::ChannelsFirst => Sizes::First(nchw::Geometry::new(x_dims, kernel, stride)),
-            Layout::ChannelsLast => Sizes::Last(nhwc::Shape::new(x_dims, kernel, stride), nhwc::Isa::best()),
+            Layout::ChannelsLast => Sizes::Last(nhwc::Shape::new(x_dims, kernel, stride), Isa::best()),
         }
     }
 
@@ -526,7 +526,7 @@ mod tests {
                     };
                     let (x_last, grad_last) = (last(&x, [n, c, h, w]), last(&grad, [n, c, g.oh, g.ow]));
                     let shape = nhwc::Shape::new([n, h, w, c], k, s);
-                    for isa in nhwc::Isa::available() {
+                    for isa in Isa::available() {
                         let what = format!("{isa:?} n{n} c{c} {h}x{w} k{k} s{s}");
                         let out = first(nhwc::forward(isa, &shape, &x_last, &weight, &bias), [n, g.oh, g.ow, c]);
                         close(&out, &nchw::forward(&g, &x, &weight, &bias), &format!("{what} forward"));

@@ -4,19 +4,23 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::Isa;
+
 /// `x [N, C, H, W]` by filters `[C, 1, k, k]` plus `bias [C]`: `[N, C, OH, OW]`.
 pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let isa = Isa::best();
     let mut out = vec![0.0f32; g.n * g.c * g.out_plane()];
     out.par_chunks_mut(g.out_plane()).zip(x.par_chunks(g.in_plane())).enumerate().for_each(|(plane, (out, x))| {
         let c = plane % g.c;
         out.fill(bias[c]);
-        simd::correlate_plane(g, &g.padded(x), g.filter(weight, c), out);
+        simd::correlate_plane(isa, g, &g.padded(x), g.filter(weight, c), out);
     });
     out
 }
 
 /// The gradient of `x`, given that of the output.
 pub(super) fn input_grad(g: &Geometry, weight: &[f32], grad: &[f32]) -> Vec<f32> {
+    let isa = Isa::best();
     // The input gradient of a stride-1 correlation is the correlation of
     // the output gradient with the filters turned by 180 degrees, on the
     // same geometry: turned once here, not per image.
@@ -30,9 +34,9 @@ pub(super) fn input_grad(g: &Geometry, weight: &[f32], grad: &[f32]) -> Vec<f32>
             out.fill(0.0);
             let c = plane % g.c;
             if g.stride == 1 {
-                simd::correlate_plane(g, &g.padded(grad), g.filter(&turned, c), out);
+                simd::correlate_plane(isa, g, &g.padded(grad), g.filter(&turned, c), out);
             } else {
-                simd::input_grad_plane(g, grad, g.filter(weight, c), out);
+                simd::input_grad_plane(isa, g, grad, g.filter(weight, c), out);
             }
         },
     );
@@ -41,6 +45,7 @@ pub(super) fn input_grad(g: &Geometry, weight: &[f32], grad: &[f32]) -> Vec<f32>
 
 /// The gradient of the filters (`[C, 1, k, k]`), given that of the output.
 pub(super) fn filter_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
+    let isa = Isa::best();
     let taps = g.k * g.k;
     let mut out = vec![0.0f32; g.c * taps];
     // One task per channel, images in order: the sums do not depend on the thread count.
@@ -50,7 +55,7 @@ pub(super) fn filter_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
             let plane = n * g.c + c;
             let x = g.padded(&x[plane * g.in_plane()..][..g.in_plane()]);
             let grad = g.blocked(&grad[plane * g.out_plane()..][..g.out_plane()]);
-            simd::weight_grad_plane(g, &x, &grad, &mut acc);
+            simd::weight_grad_plane(isa, g, &x, &grad, &mut acc);
         }
         out.iter_mut().zip(&acc).for_each(|(o, a)| *o = *a as f32);
     });
@@ -258,59 +263,36 @@ impl Geometry {
     }
 }
 
-/// The plane kernels compiled twice: for AVX2 (eight lanes; chosen at run
-/// time where the CPU has it) and for the build's baseline target.
+/// The plane kernels built per instruction set (chosen at run time).
 mod simd {
     use super::Geometry;
+    use crate::cpu::{per_isa, Isa};
 
-    macro_rules! dispatch {
-        ($name:ident, $avx2:ident ($($arg:ident: $ty:ty),*)) => {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            fn $avx2(g: &Geometry, $($arg: $ty),*) {
-                g.$name($($arg),*)
-            }
-
-            pub(super) fn $name(g: &Geometry, $($arg: $ty),*) {
-                #[cfg(target_arch = "x86_64")]
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                    return unsafe { $avx2(g, $($arg),*) };
-                }
-                g.$name($($arg),*)
-            }
-        };
-    }
-
-    dispatch!(correlate_plane_auto, correlate_plane_avx2(padded: &[f32], filter: &[f32], out: &mut [f32]));
-    dispatch!(input_grad_plane, input_grad_plane_avx2(grad: &[f32], filter: &[f32], out: &mut [f32]));
-    dispatch!(weight_grad_plane_auto, weight_grad_plane_avx2(padded: &[f32], grad: &[f32], acc: &mut [f64]));
-
-    fn has_avx2() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    }
+    per_isa!(fn correlate_plane_auto(g: &Geometry, padded: &[f32], filter: &[f32], out: &mut [f32])
+        => Geometry::correlate_plane_auto, Geometry::correlate_plane_auto, Geometry::correlate_plane_auto);
+    per_isa!(pub(super) fn input_grad_plane(g: &Geometry, grad: &[f32], filter: &[f32], out: &mut [f32])
+        => Geometry::input_grad_plane, Geometry::input_grad_plane, Geometry::input_grad_plane);
+    per_isa!(fn weight_grad_plane_auto(g: &Geometry, padded: &[f32], grad: &[f32], acc: &mut [f64])
+        => Geometry::weight_grad_plane_auto, Geometry::weight_grad_plane_auto, Geometry::weight_grad_plane_auto);
 
     /// Stride 1, the common case, in AVX2 intrinsics where the CPU has
     /// them (the vectoriser leaves the tap loop scalar-heavy).
-    pub(super) fn correlate_plane(g: &Geometry, padded: &[f32], filter: &[f32], out: &mut [f32]) {
+    pub(super) fn correlate_plane(isa: Isa, g: &Geometry, padded: &[f32], filter: &[f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if g.stride == 1 && has_avx2() {
-            // SAFETY: the CPU has AVX2 and FMA; the slices are checked inside.
+        if g.stride == 1 && isa != Isa::Portable {
+            // SAFETY: every other `Isa` means AVX2 and FMA; the slices are checked inside.
             return unsafe { super::avx2::correlate_stride1(g, padded, filter, out) };
         }
-        correlate_plane_auto(g, padded, filter, out)
+        correlate_plane_auto(isa, g, padded, filter, out)
     }
 
-    pub(super) fn weight_grad_plane(g: &Geometry, padded: &[f32], grad: &[f32], acc: &mut [f64]) {
+    pub(super) fn weight_grad_plane(isa: Isa, g: &Geometry, padded: &[f32], grad: &[f32], acc: &mut [f64]) {
         #[cfg(target_arch = "x86_64")]
-        if g.stride == 1 && has_avx2() {
+        if g.stride == 1 && isa != Isa::Portable {
             // SAFETY: as above.
             return unsafe { super::avx2::weight_grad_stride1(g, padded, grad, acc) };
         }
-        weight_grad_plane_auto(g, padded, grad, acc)
+        weight_grad_plane_auto(isa, g, padded, grad, acc)
     }
 }
 

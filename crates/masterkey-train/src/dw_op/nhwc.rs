@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::written;
+use crate::cpu::{written, Isa};
 
 /// Sizes of one channels-last depthwise convolution.
 #[derive(Clone, Copy, Debug)]
@@ -46,41 +46,8 @@ impl Shape {
     }
 }
 
-/// The instruction set the kernels run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(super) enum Isa {
-    Avx512,
-    Avx2,
-    Portable,
-}
-
 impl Isa {
-    /// The widest one this CPU has.
-    pub fn best() -> Isa {
-        *Isa::available().first().expect("the portable kernels always run")
-    }
-
-    /// Every one this CPU runs, widest first.
-    pub fn available() -> Vec<Isa> {
-        let mut isas = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            let has = |f: &str| match f {
-                "avx512f" => std::is_x86_feature_detected!("avx512f"),
-                _ => std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
-            };
-            if has("avx512f") && has("avx2") {
-                isas.push(Isa::Avx512);
-            }
-            if has("avx2") {
-                isas.push(Isa::Avx2);
-            }
-        }
-        isas.push(Isa::Portable);
-        isas
-    }
-
+    /// Floats in one vector of the kernels built for this instruction set.
     fn lanes(self) -> usize {
         match self {
             Isa::Avx512 => 16,
@@ -675,63 +642,24 @@ mod generic {
     }
 }
 
-/// The [`generic`] kernels compiled for each [`Isa`].
+/// The [`generic`] kernels compiled for each [`Isa`], each over its vector type.
 mod kernels {
     use std::mem::MaybeUninit;
 
-    use super::{generic, Grid, Isa, Portable};
+    use super::{generic, Grid, Portable};
+    use crate::cpu::per_isa;
 
-    macro_rules! per_isa {
-        ($name:ident($($arg:ident: $ty:ty),*)) => {
-            pub(super) fn $name(isa: Isa, $($arg: $ty),*) {
-                #[cfg(not(target_arch = "x86_64"))]
-                let _ = isa;
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx512f,avx2,fma")]
-                    fn avx512($($arg: $ty),*) {
-                        generic::$name::<super::x86::Avx512>($($arg),*)
-                    }
-                    #[target_feature(enable = "avx2,fma")]
-                    fn avx2($($arg: $ty),*) {
-                        generic::$name::<super::x86::Avx2>($($arg),*)
-                    }
-                    match isa {
-                        // SAFETY: `Isa::available` lists these only where the CPU has the features.
-                        Isa::Avx512 => return unsafe { avx512($($arg),*) },
-                        Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                        Isa::Portable => {}
-                    }
-                }
-                generic::$name::<Portable>($($arg),*)
-            }
-        };
-    }
-
-    per_isa!(correlate(g: &Grid, buffer: &[f32], taps: &[f32], bias: &[f32], out: &mut [MaybeUninit<f32>]));
-    per_isa!(filter_grad(g: &Grid, buffer: &[f32], grad: &[f32], acc: &mut [f32]));
-
-    /// The box sums in plain loops the compiler vectorises, built per [`Isa`] like the rest.
-    pub(super) fn box_grad(isa: Isa, g: &Grid, buffer: &[f32], grad: &[f32], across: &mut Vec<f32>, acc: &mut [f64]) {
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = isa;
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            fn avx512(g: &Grid, buffer: &[f32], grad: &[f32], across: &mut Vec<f32>, acc: &mut [f64]) {
-                super::box_grad_auto(g, buffer, grad, across, acc)
-            }
-            #[target_feature(enable = "avx2,fma")]
-            fn avx2(g: &Grid, buffer: &[f32], grad: &[f32], across: &mut Vec<f32>, acc: &mut [f64]) {
-                super::box_grad_auto(g, buffer, grad, across, acc)
-            }
-            match isa {
-                // SAFETY: `Isa::available` lists these only where the CPU has the features.
-                Isa::Avx512 => return unsafe { avx512(g, buffer, grad, across, acc) },
-                Isa::Avx2 => return unsafe { avx2(g, buffer, grad, across, acc) },
-                Isa::Portable => {}
-            }
-        }
-        super::box_grad_auto(g, buffer, grad, across, acc)
-    }
+    per_isa!(pub(super) fn correlate(
+        g: &Grid,
+        buffer: &[f32],
+        taps: &[f32],
+        bias: &[f32],
+        out: &mut [MaybeUninit<f32>],
+    ) => generic::correlate::<super::x86::Avx512>, generic::correlate::<super::x86::Avx2>, generic::correlate::<Portable>);
+    per_isa!(pub(super) fn filter_grad(g: &Grid, buffer: &[f32], grad: &[f32], acc: &mut [f32])
+        => generic::filter_grad::<super::x86::Avx512>, generic::filter_grad::<super::x86::Avx2>,
+            generic::filter_grad::<Portable>);
+    // The box sums in plain loops the compiler vectorises.
+    per_isa!(pub(super) fn box_grad(g: &Grid, buffer: &[f32], grad: &[f32], across: &mut Vec<f32>, acc: &mut [f64])
+        => super::box_grad_auto, super::box_grad_auto, super::box_grad_auto);
 }
