@@ -411,9 +411,10 @@ mod tests {
     use crate::testing::{to_vec, Ad};
     use burn::tensor::module::conv2d;
 
-    /// Shapes with an uneven image, one narrower than the filter, and one
-    /// with more channels than a vector holds but not a whole number of vectors.
-    const SHAPES: [(usize, usize, usize, usize); 3] = [(2, 3, 9, 8), (1, 2, 5, 2), (2, 19, 11, 13)];
+    /// Shapes with an uneven image, one narrower than the filter, one with
+    /// more channels than a vector holds but not a whole number of vectors,
+    /// and one exactly an AVX-512 vector wide (whole rows copied at once).
+    const SHAPES: [(usize, usize, usize, usize); 4] = [(2, 3, 9, 8), (1, 2, 5, 2), (2, 19, 11, 13), (3, 16, 6, 7)];
 
     fn permuted(t: Tensor<Ad, 4>, layout: Layout, back: bool) -> Tensor<Ad, 4> {
         match (layout, back) {
