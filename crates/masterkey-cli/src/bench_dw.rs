@@ -68,36 +68,10 @@ fn ours(shape: [usize; 4], k: usize, repeats: usize, layout: Layout) -> [f64; 3]
     [forward, backward(false), backward(true)]
 }
 
-/// Median seconds of the channels-last forward by filters `a * key + b`
-/// whose key is a first Gaussian derivative (sigma 1): one separable term
-/// plus the offset, which the operation runs as a row pass and a column pass.
-fn separable_forward(shape: [usize; 4], k: usize, repeats: usize) -> f64 {
-    let [n, c, h, w] = shape;
-    let mut rng = SplitMix::new(1);
-    let xs: Vec<f32> = (0..n * c * h * w).map(|_| rng.normal()).collect();
-    let centre = (k / 2) as f32;
-    let gauss = |i: usize| (-(i as f32 - centre).powi(2) / 2.0).exp();
-    let ws: Vec<f32> = (0..c * k * k)
-        .map(|i| {
-            let (ch, ky, kx) = (i / (k * k), (i / k) % k, i % k);
-            let a = 1.0 + ch as f32 / c as f32;
-            a * gauss(ky) * -(kx as f32 - centre) * gauss(kx) + 0.01 * ch as f32
-        })
-        .collect();
-    let device = Default::default();
-    let x = Tensor::<CpuBackend, 4>::from_data(TensorData::new(xs, [n, h, w, c]), &device);
-    let weight = Tensor::<CpuBackend, 4>::from_data(TensorData::new(ws, [c, 1, k, k]), &device);
-    let bias = Tensor::<CpuBackend, 1>::zeros([c], &device);
-    timed(repeats, || {
-        std::hint::black_box(depthwise(x.clone(), weight.clone(), bias.clone(), 1, Layout::ChannelsLast));
-    })
-}
-
 pub fn bench_dw(shape: [usize; 4], k: usize, repeats: usize) -> Result<()> {
     let [n, c, h, w] = shape;
     let first = ours(shape, k, repeats, Layout::ChannelsFirst);
     let last = ours(shape, k, repeats, Layout::ChannelsLast);
-    let separable = separable_forward(shape, k, repeats);
     let dir = tempfile::tempdir()?;
     let args: Vec<String> = [n, c, h, w, k, repeats].iter().map(|v| v.to_string()).collect();
     let reply = run_reference_with(TORCH_PACKAGES, DW_SCRIPT, dir.path(), &args)?;
@@ -139,12 +113,5 @@ pub fn bench_dw(shape: [usize; 4], k: usize, repeats: usize) -> Result<()> {
     }
     println!("{t}");
     println!("(ratios = PyTorch's median time / masterkey's; above 1 masterkey is faster)");
-    println!(
-        "channels-last forward by frozen keys that are a first Gaussian derivative, plus offset (two separable terms: \
-         row pass then column pass): {:.1} ms, {:.2}x the full-rank forward above, {:.2}x PyTorch channels-last",
-        separable * 1e3,
-        last[0] / separable,
-        theirs("channels_last", "forward_s") / separable
-    );
     Ok(())
 }

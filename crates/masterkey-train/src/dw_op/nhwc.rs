@@ -15,12 +15,9 @@
 //! [`Vector`] and compiled for AVX-512, AVX2 and plain Rust; the widest the
 //! CPU has is used.
 
-mod separable;
-
 use rayon::prelude::*;
 
 use crate::cpu::{written, Isa};
-use separable::Separable;
 
 /// Sizes of one channels-last depthwise convolution.
 #[derive(Clone, Copy, Debug)]
@@ -209,22 +206,13 @@ pub(super) fn forward(isa: Isa, s: &Shape, x: &[f32], weight: &[f32], bias: &[f3
     let taps = taps(weight, s, grid.padded, false);
     let mut padded_bias = bias.to_vec();
     padded_bias.resize(grid.padded, 0.0);
-    let factored = Separable::of(weight, s, grid.padded, false);
-    // SAFETY: both kernels write every output of their grid, one image per chunk.
+    // SAFETY: `correlate` writes every output of its grid, one image per chunk.
     unsafe {
         written(s.n * s.out_image(), |out| {
-            out.par_chunks_mut(s.out_image()).enumerate().for_each_init(
-                || (Vec::new(), Vec::new()),
-                |(buffer, scratch), (n, out)| {
-                    let (x, next) = (Source::image(x, n, s.h, s.w, s.c, 1), next_image(x, s.image(), n));
-                    match &factored {
-                        Some(f) => {
-                            separable::kernels::correlate(isa, &grid, x, next, buffer, f, &padded_bias, out, scratch)
-                        }
-                        None => kernels::correlate(isa, &grid, x, next, buffer, &taps, &padded_bias, out),
-                    }
-                },
-            );
+            out.par_chunks_mut(s.out_image()).enumerate().for_each_init(Vec::new, |buffer, (n, out)| {
+                let (x, next) = (Source::image(x, n, s.h, s.w, s.c, 1), next_image(x, s.image(), n));
+                kernels::correlate(isa, &grid, x, next, buffer, &taps, &padded_bias, out);
+            });
         })
     }
 }
@@ -234,23 +222,14 @@ pub(super) fn input_grad(isa: Isa, s: &Shape, weight: &[f32], grad: &[f32]) -> V
     let grid = Grid::input_grad(s, isa);
     let taps = taps(weight, s, grid.padded, true);
     let zeros = vec![0.0f32; grid.padded];
-    let factored = Separable::of(weight, s, grid.padded, true);
     // SAFETY: as in `forward`.
     unsafe {
         written(s.n * s.image(), |out| {
-            out.par_chunks_mut(s.image()).enumerate().for_each_init(
-                || (Vec::new(), Vec::new()),
-                |(buffer, scratch), (n, out)| {
-                    let (grad, next) =
-                        (Source::image(grad, n, s.oh, s.ow, s.c, s.stride), next_image(grad, s.out_image(), n));
-                    match &factored {
-                        Some(f) => {
-                            separable::kernels::correlate(isa, &grid, grad, next, buffer, f, &zeros, out, scratch)
-                        }
-                        None => kernels::correlate(isa, &grid, grad, next, buffer, &taps, &zeros, out),
-                    }
-                },
-            );
+            out.par_chunks_mut(s.image()).enumerate().for_each_init(Vec::new, |buffer, (n, out)| {
+                let (grad, next) =
+                    (Source::image(grad, n, s.oh, s.ow, s.c, s.stride), next_image(grad, s.out_image(), n));
+                kernels::correlate(isa, &grid, grad, next, buffer, &taps, &zeros, out);
+            });
         })
     }
 }
@@ -561,7 +540,7 @@ mod generic {
 
     /// [`Grid::at`] for channel groups of `V`, without its divisions.
     #[inline(always)]
-    pub(super) fn at<V: Vector>(g: &Grid, y: usize, x: usize, cv: usize) -> usize {
+    fn at<V: Vector>(g: &Grid, y: usize, x: usize, cv: usize) -> usize {
         cv / V::LANES * g.block_len() + (y * g.width + x) * V::LANES
     }
 
@@ -703,7 +682,7 @@ mod generic {
     /// # Safety
     /// As [`Vector::zero`]; the pixels are inside `rows x cols` of `out`.
     #[inline(always)]
-    pub(super) unsafe fn store_pixels<V: Vector, const N: usize>(
+    unsafe fn store_pixels<V: Vector, const N: usize>(
         g: &Grid,
         acc: &[V; N],
         bias: &[f32],
