@@ -565,10 +565,10 @@ mod generic {
         assert!(taps.len() >= g.k * g.k * g.padded && bias.len() >= g.padded);
         assert!(out.len() >= g.rows * g.cols * g.channels);
         spread::<V>(g, src, buffer);
-        let rows = g.padded / V::LANES * g.rows;
+        let pieces = g.padded / V::LANES * g.rows;
         for cv in (0..g.padded).step_by(V::LANES) {
             for oy in 0..g.rows {
-                super::prefetch_piece(next, cv / V::LANES * g.rows + oy, rows);
+                super::prefetch_piece(next, cv / V::LANES * g.rows + oy, pieces);
                 // SAFETY (every arm): `spread` sized `buffer` for `g`, the asserts above bound the rest.
                 unsafe {
                     match (g.stride, g.k) {
@@ -698,14 +698,14 @@ mod generic {
             for (j, acc) in acc.iter().enumerate() {
                 let value = acc.add(bias);
                 let dst = out.as_mut_ptr().cast::<f32>().add((oy * g.cols + ox + j) * c + cv);
-                if cv + V::LANES <= c && (dst as usize).is_multiple_of(V::LANES * 4) {
-                    value.stream(dst);
-                } else if cv + V::LANES <= c {
-                    value.store(dst);
-                } else {
+                if cv + V::LANES > c {
                     let mut lanes = [0.0f32; 16];
                     value.store(lanes.as_mut_ptr());
                     std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst, c - cv);
+                } else if (dst as usize).is_multiple_of(V::LANES * 4) {
+                    value.stream(dst);
+                } else {
+                    value.store(dst);
                 }
             }
         }
