@@ -54,6 +54,9 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         repeats: usize,
     },
+    /// masterkey's trainer against a plain PyTorch loop on the small-data recipe: loss curves from the same
+    /// weights and batches per DW mode, and with --full test accuracy and speed of whole runs.
+    Parity(Box<crate::bench_parity::ParityArgs>),
     /// k-means (K=8) on N normalised 7x7 filters shaped like trained ones; compare with scikit-learn's KMeans
     /// from the same initial centroids for the same iterations.
     Kmeans {
@@ -94,6 +97,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             }
             crate::bench_step::bench_step(batch, warmup, repeats.max(1))
         }
+        BenchCommand::Parity(args) => crate::bench_parity::run(*args),
         BenchCommand::Kmeans { filters, keys, iterations, noise, repeats, seed } => {
             bench_kmeans(filters, keys, iterations, noise, repeats.max(1), seed)
         }
@@ -173,6 +177,26 @@ pub(crate) fn run_reference_with(
         bail!("Python reference failed: {}", String::from_utf8_lossy(&output.stderr));
     }
     serde_json::from_slice(&output.stdout).context("reading the Python reference's output")
+}
+
+/// Runs a PyTorch script on a JSON job file (its progress on our stderr) and
+/// parses its one JSON line.
+pub(crate) fn run_torch_job(script: &str, dir: &Path, job: &serde_json::Value) -> Result<serde_json::Value> {
+    let (path, job_path) = (dir.join("reference.py"), dir.join("job.json"));
+    std::fs::write(&path, script)?;
+    std::fs::write(&job_path, serde_json::to_vec(job)?)?;
+    let output = Command::new(reference_python(TORCH_PACKAGES)?)
+        .arg(&path)
+        .arg(&job_path)
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running the PyTorch reference")?;
+    if !output.status.success() {
+        bail!("the PyTorch reference failed ({}); its messages are above", output.status);
+    }
+    serde_json::from_slice(&output.stdout).context("reading the PyTorch reference's output")
 }
 
 fn bench_fit(n: usize, repeats: usize, seed: u64) -> Result<()> {

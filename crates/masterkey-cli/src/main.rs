@@ -3,6 +3,7 @@
 mod bank_cmd;
 mod bench;
 mod bench_dw;
+mod bench_parity;
 mod bench_step;
 mod compare_cmd;
 mod demo;

@@ -8,7 +8,7 @@ use indicatif::ProgressBar;
 use masterkey_train::data::{fashion_mnist_files, DataKind, DataSpec, Dataset};
 use masterkey_train::dw::{AssignmentKind, DwMode};
 use masterkey_train::experiment::{self, all_arms, Arm, Share};
-use masterkey_train::models::ModelSpec;
+use masterkey_train::models::{InitScheme, ModelSpec};
 use masterkey_train::train::{
     evaluate, load_trained, train, DwSettings, EpochMetrics, Observer, Outcome, RunOptions, StepReport, Summary,
     TrainConfig,
@@ -44,6 +44,9 @@ pub struct TrainArgs {
     /// Turn off augmentation (padded random crop + flip; random-resized crop for folders).
     #[arg(long)]
     no_augment: bool,
+    /// Zero padding of the random crop in pixels (default: 2 for images under 32 px, 4 from 32 px).
+    #[arg(long)]
+    crop_padding: Option<usize>,
 
     /// DW layer mode.
     #[arg(long, default_value = "trainable")]
@@ -81,6 +84,11 @@ pub struct TrainArgs {
     /// DW kernel size (odd).
     #[arg(long)]
     dw_kernel: Option<usize>,
+    /// Initialisation of every conv and linear layer: convnext (trunc_normal_ std 0.02, biases 0) or pytorch
+    /// (PyTorch's default, uniform in +-1/sqrt(fan_in)); default: the model's own (ConvNeXt's for ConvNeXt and
+    /// the reference model, torchvision's for MobileNetV2).
+    #[arg(long)]
+    init: Option<InitScheme>,
 
     #[arg(long, default_value_t = 10)]
     epochs: usize,
@@ -89,7 +97,8 @@ pub struct TrainArgs {
     /// Peak learning rate.
     #[arg(long, default_value_t = 2e-3)]
     lr: f64,
-    #[arg(long, default_value_t = 1e-5)]
+    /// Learning rate at the end of the cosine.
+    #[arg(long, default_value_t = 0.0)]
     min_lr: f64,
     #[arg(long, default_value_t = 0.05)]
     weight_decay: f32,
@@ -175,6 +184,9 @@ impl TrainArgs {
         if let Some(w) = self.width_mult {
             model.width_mult = w;
         }
+        if self.init.is_some() {
+            model.init = self.init;
+        }
         if let Some(k) = self.dw_kernel {
             if k % 2 == 0 {
                 bail!("--dw-kernel must be odd, got {k}");
@@ -213,6 +225,7 @@ impl TrainArgs {
             fraction: self.fraction,
             subset_seed: self.subset_seed,
             augment: !self.no_augment,
+            crop_padding: self.crop_padding,
         }
     }
 }
@@ -270,7 +283,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     let config = args.config(&data)?;
     let options = RunOptions { resume: args.resume, halt_after_steps: args.halt_after_steps, dw_snapshots: false };
     eprintln!(
-        "{} on {} ({} train / {} test, fraction {}), DW {} (bank {}, assignment {}), layer scale init {}",
+        "{} on {} ({} train / {} test, fraction {}), DW {} (bank {}, assignment {}), layer scale init {}, init {}",
         config.model.name,
         data.name,
         data.train.len(),
@@ -279,7 +292,8 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         config.dw.mode,
         config.dw.bank,
         config.assignment_label(),
-        config.model.layer_scale_init.map_or("none".to_string(), |v| v.to_string())
+        config.model.layer_scale_init.map_or("none".to_string(), |v| v.to_string()),
+        config.model.init.map_or("the model's own", InitScheme::name)
     );
     let outcome = if args.cuda {
         run_cuda(&config, &data, &args.output, &options)?

@@ -18,7 +18,7 @@ use masterkey_core::Bank;
 use serde::{Deserialize, Serialize};
 
 use crate::dw_op::{depthwise, depthwise_offset, DepthwiseBackend, Layout};
-use crate::layers::{filled, frozen, param, WeightInit};
+use crate::layers::{frozen, param, WeightInit};
 use crate::rng::SplitMix;
 
 /// How the DW filters are set up and trained.
@@ -139,11 +139,12 @@ impl DwPlan {
     ) -> DwConv<B> {
         assert!(kernel % 2 == 1, "DW kernels must be odd, got {kernel}");
         let taps = kernel * kernel;
-        let bias = filled(0.0, [channels], device);
+        // Every mode keeps a trainable bias, drawn as the model's layers draw theirs.
+        let bias = param(init.bias(channels, taps, rng), [channels], device);
         let shape = [channels, 1, kernel, kernel];
         match self.mode {
             DwMode::Trainable => {
-                let mut w = init.draw(channels * taps, taps * channels, rng);
+                let mut w = init.draw(channels * taps, taps, channels * taps, rng);
                 if let Some(norm) = self.init_norm {
                     w.chunks_exact_mut(taps).for_each(|f| rescale(f, norm));
                 }

@@ -37,18 +37,24 @@ pub fn filled<B: Backend, const D: usize>(value: f32, shape: [usize; D], device:
 }
 
 /// How weights of a layer are drawn.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum WeightInit {
-    /// timm's `trunc_normal_(std)`, as ConvNeXt uses for convs and linears.
+    /// timm's `trunc_normal_(std=std)`, as ConvNeXt uses for convs and
+    /// linears; biases zero.
     TruncNormal(f32),
-    /// Kaiming normal with fan-out (torchvision MobileNetV2 convs).
+    /// Kaiming normal with fan-out (torchvision MobileNetV2 convs); biases zero.
     KaimingFanOut,
-    /// Normal with this standard deviation (torchvision MobileNetV2 classifier).
+    /// Normal with this standard deviation (torchvision MobileNetV2
+    /// classifier); biases zero.
     Normal(f32),
+    /// PyTorch's own `Conv2d` / `Linear` initialisation: weights and biases
+    /// uniform in `±1/sqrt(fan_in)` (`kaiming_uniform_(a=sqrt(5))`).
+    PytorchDefault,
 }
 
 impl WeightInit {
-    pub fn draw(self, n: usize, fan_out: usize, rng: &mut SplitMix) -> Vec<f32> {
+    /// `n` weights of a layer with the given fans.
+    pub fn draw(self, n: usize, fan_in: usize, fan_out: usize, rng: &mut SplitMix) -> Vec<f32> {
         match self {
             WeightInit::TruncNormal(std) => (0..n).map(|_| rng.trunc_normal(std)).collect(),
             WeightInit::KaimingFanOut => {
@@ -56,8 +62,22 @@ impl WeightInit {
                 (0..n).map(|_| rng.normal() * std).collect()
             }
             WeightInit::Normal(std) => (0..n).map(|_| rng.normal() * std).collect(),
+            WeightInit::PytorchDefault => uniform_fan_in(n, fan_in, rng),
         }
     }
+
+    /// `n` biases of a layer with `fan_in` inputs per output.
+    pub fn bias(self, n: usize, fan_in: usize, rng: &mut SplitMix) -> Vec<f32> {
+        match self {
+            WeightInit::PytorchDefault => uniform_fan_in(n, fan_in, rng),
+            _ => vec![0.0; n],
+        }
+    }
+}
+
+fn uniform_fan_in(n: usize, fan_in: usize, rng: &mut SplitMix) -> Vec<f32> {
+    let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+    (0..n).map(|_| (2.0 * rng.uniform() - 1.0) * bound).collect()
 }
 
 /// `y = x W + b` over the last axis.
@@ -69,8 +89,9 @@ pub struct Dense<B: Backend> {
 
 impl<B: Backend> Dense<B> {
     pub fn new(d_in: usize, d_out: usize, init: WeightInit, rng: &mut SplitMix, device: &B::Device) -> Self {
-        let w = init.draw(d_in * d_out, d_out, rng);
-        Dense { weight: param(w, [d_in, d_out], device), bias: filled(0.0, [d_out], device) }
+        let w = init.draw(d_in * d_out, d_in, d_out, rng);
+        let b = init.bias(d_out, d_in, rng);
+        Dense { weight: param(w, [d_in, d_out], device), bias: param(b, [d_out], device) }
     }
 }
 
@@ -103,10 +124,11 @@ impl<B: Backend> Conv<B> {
         rng: &mut SplitMix,
         device: &B::Device,
     ) -> Self {
-        let w = init.draw(c_out * c_in * kernel * kernel, c_out * kernel * kernel, rng);
+        let taps = kernel * kernel;
+        let w = init.draw(c_out * c_in * taps, c_in * taps, c_out * taps, rng);
         Conv {
             weight: param(w, [c_out, c_in, kernel, kernel], device),
-            bias: bias.then(|| filled(0.0, [c_out], device)),
+            bias: bias.then(|| param(init.bias(c_out, c_in * taps, rng), [c_out], device)),
             stride,
             padding: if padded { kernel / 2 } else { 0 },
         }

@@ -21,6 +21,7 @@ pub mod models;
 pub mod norm_op;
 pub mod optim;
 pub mod rng;
+pub mod state_dict;
 pub mod train;
 
 #[cfg(test)]

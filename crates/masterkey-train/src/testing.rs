@@ -37,6 +37,7 @@ pub fn tiny_config(mode: DwMode, assignment: AssignmentKind) -> TrainConfig {
             fraction: 1.0,
             subset_seed: 0,
             augment: false,
+            crop_padding: None,
         },
         dw: DwSettings {
             mode,

@@ -128,6 +128,9 @@ pub struct StepReport {
     /// From 1.
     pub batch: usize,
     pub batches: usize,
+    /// This step's loss (the mean over its batch, label smoothing included).
+    pub step_loss: f64,
+    /// Running means over the epoch so far.
     pub loss: f64,
     pub accuracy: f64,
     pub images_per_s: f64,
@@ -411,7 +414,8 @@ pub fn train<B: ModelAutodiffBackend>(
         let started = Instant::now();
         let mut halted = false;
         let mut lr = schedule.lr(state.step);
-        let augment = config.data.augment.then_some(Augment { seed: config.seed, epoch });
+        let crop_padding = config.data.crop_padding_for(data.shape[2]);
+        let augment = config.data.augment.then_some(Augment { seed: config.seed, epoch, crop_padding });
         for_each_batch(data, &data.train, &order, config.batch_size, augment, |batch| {
             let n = batch.len();
             let (x, y) = images_tensor::<B>(batch, data.shape, &device);
@@ -420,12 +424,14 @@ pub fn train<B: ModelAutodiffBackend>(
                 training_step(model.clone(), &mut optimizer, x, y.clone(), lr, config.label_smoothing);
             model = next;
             state.step += 1;
-            loss_sum += scalar(loss.inner()) * n as f64;
+            let step_loss = scalar(loss.inner());
+            loss_sum += step_loss * n as f64;
             hits += correct(logits.inner(), y.inner());
             seen += n;
             observer.step(&StepReport {
                 batch: seen.div_ceil(config.batch_size),
                 batches,
+                step_loss,
                 loss: loss_sum / seen as f64,
                 accuracy: hits as f64 / seen as f64,
                 images_per_s: seen as f64 / started.elapsed().as_secs_f64(),

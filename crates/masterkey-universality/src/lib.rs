@@ -219,7 +219,7 @@ mod tests {
         model.dims = vec![16];
         let config = TrainConfig {
             model,
-            data: DataSpec { kind: DataKind::Idx, path: None, image_size: None, fraction: 1.0, subset_seed: 0, augment: false },
+            data: DataSpec { kind: DataKind::Idx, path: None, image_size: None, fraction: 1.0, subset_seed: 0, augment: false, crop_padding: None },
             dw: DwSettings {
                 mode: DwMode::Frozen, // the experiment makes it trainable
                 bank: "published8".into(),

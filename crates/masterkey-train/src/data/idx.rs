@@ -65,10 +65,15 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
     Err(Error::invalid(dir.join(stem), "missing: expected this IDX file (plain or .gz) in the data folder"))
 }
 
+/// The images and labels files of the `train` or `t10k` split of an
+/// MNIST-layout folder.
+pub fn split_files(dir: &Path, prefix: &str) -> Result<(PathBuf, PathBuf)> {
+    Ok((find(dir, &format!("{prefix}-images-idx3-ubyte"))?, find(dir, &format!("{prefix}-labels-idx1-ubyte"))?))
+}
+
 /// Reads the `train` or `t10k` split of an MNIST-layout folder.
 pub fn load_split(dir: &Path, prefix: &str, name: &str) -> Result<ImageSet> {
-    let images_path = find(dir, &format!("{prefix}-images-idx3-ubyte"))?;
-    let labels_path = find(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
+    let (images_path, labels_path) = split_files(dir, prefix)?;
     let images = read_idx(&images_path)?;
     let labels = read_idx(&labels_path)?;
     if images.dims.len() != 3 {

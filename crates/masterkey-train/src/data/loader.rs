@@ -43,6 +43,8 @@ pub fn epoch_order(indices: &[usize], seed: u64, epoch: usize) -> Vec<usize> {
 pub struct Augment {
     pub seed: u64,
     pub epoch: usize,
+    /// Zero padding of the random crop, in pixels.
+    pub crop_padding: usize,
 }
 
 fn make_batch(data: &Dataset, split: &Split, indices: &[usize], augment: Option<Augment>) -> Result<Batch> {
@@ -50,7 +52,7 @@ fn make_batch(data: &Dataset, split: &Split, indices: &[usize], augment: Option<
     let mut images = vec![0f32; indices.len() * per];
     images.par_chunks_mut(per).zip(indices.par_iter()).try_for_each(|(out, &i)| {
         let mut rng = augment.map(|a| SplitMix::for_item(a.seed ^ AUGMENT_STREAM, a.epoch as u64, i as u64));
-        data.fill(split, i, rng.as_mut(), out)
+        data.fill(split, i, rng.as_mut().zip(augment.map(|a| a.crop_padding)), out)
     })?;
     let labels = indices.iter().map(|&i| split.labels()[i] as i64).collect();
     Ok(Batch { images, labels })
@@ -124,7 +126,7 @@ mod tests {
         assert_eq!(labels, order.iter().map(|&i| i as i64).collect::<Vec<_>>());
         // Unaugmented, normalised with std 1/255: pixels come back as bytes.
         assert_eq!(plain[0].1[0], (order[0] * 16) as f32);
-        let augment = Some(Augment { seed: 1, epoch: 0 });
+        let augment = Some(Augment { seed: 1, epoch: 0, crop_padding: 2 });
         assert_eq!(
             collect(augment).iter().map(|b| &b.1).collect::<Vec<_>>(),
             collect(augment).iter().map(|b| &b.1).collect::<Vec<_>>()

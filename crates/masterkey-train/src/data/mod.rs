@@ -105,6 +105,22 @@ pub struct DataSpec {
     /// seeds see the same subset).
     pub subset_seed: u64,
     pub augment: bool,
+    /// Zero padding of the random crop of in-memory sets (`None`: 2 px for
+    /// images under 32 px, 4 px from 32 px on, CIFAR practice).
+    #[serde(default = "padding_before_it_was_a_setting")]
+    pub crop_padding: Option<usize>,
+}
+
+/// Checkpoints written before the padding was a setting used 4 px.
+fn padding_before_it_was_a_setting() -> Option<usize> {
+    Some(4)
+}
+
+impl DataSpec {
+    /// The crop padding used for images `side` pixels wide.
+    pub fn crop_padding_for(&self, side: usize) -> usize {
+        self.crop_padding.unwrap_or(if side < 32 { 2 } else { 4 })
+    }
 }
 
 /// Per-channel `(x / 255 - mean) / std`.
@@ -117,8 +133,6 @@ pub struct Normalisation {
 /// ImageNet statistics, used for folders (too large to scan up front).
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// Padding of the random crop of in-memory sets (CIFAR practice).
-const CROP_PADDING: usize = 4;
 
 impl Normalisation {
     /// Mean and standard deviation of each channel over the whole set.
@@ -250,13 +264,22 @@ impl Dataset {
     }
 
     /// Writes sample `i` of `split`, normalised, into `out` (`C*H*W`),
-    /// augmented when `rng` is given.
-    pub fn fill(&self, split: &Split, i: usize, rng: Option<&mut SplitMix>, out: &mut [f32]) -> Result<()> {
+    /// augmented when a generator is given (in-memory sets: a random crop
+    /// of the image zero-padded by `crop_padding`, then a random flip).
+    pub fn fill(
+        &self,
+        split: &Split,
+        i: usize,
+        augment: Option<(&mut SplitMix, usize)>,
+        out: &mut [f32],
+    ) -> Result<()> {
         let copy = |src: &[u8], out: &mut [f32]| out.iter_mut().zip(src).for_each(|(o, &v)| *o = v as f32);
-        match (split, rng) {
-            (Split::Memory(set), Some(rng)) => padded_crop_and_flip(set.image(i), self.shape, rng, out),
+        match (split, augment) {
+            (Split::Memory(set), Some((rng, padding))) => {
+                padded_crop_and_flip(set.image(i), self.shape, padding, rng, out)
+            }
             (Split::Memory(set), None) => copy(set.image(i), out),
-            (Split::Folder(f), rng) => copy(&f.load(i, self.shape[1], rng)?, out),
+            (Split::Folder(f), augment) => copy(&f.load(i, self.shape[1], augment.map(|(rng, _)| rng))?, out),
         }
         let plane = self.shape[1] * self.shape[2];
         for (c, chunk) in out.chunks_exact_mut(plane).enumerate() {
@@ -267,10 +290,10 @@ impl Dataset {
     }
 }
 
-/// torchvision `RandomCrop(size, padding=4)` (zero fill) then
-/// `RandomHorizontalFlip()`, on bytes, written as f32 in `0..=255`.
-fn padded_crop_and_flip(src: &[u8], [c, h, w]: [usize; 3], rng: &mut SplitMix, out: &mut [f32]) {
-    let p = CROP_PADDING;
+/// torchvision `RandomCrop(size, padding=p)` (zero fill, before
+/// normalisation) then `RandomHorizontalFlip()`, on bytes, written as f32 in
+/// `0..=255`.
+fn padded_crop_and_flip(src: &[u8], [c, h, w]: [usize; 3], p: usize, rng: &mut SplitMix, out: &mut [f32]) {
     let oy = rng.below(2 * p + 1) as isize - p as isize;
     let ox = rng.below(2 * p + 1) as isize - p as isize;
     let flip = rng.uniform() < 0.5;

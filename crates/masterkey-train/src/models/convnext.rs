@@ -21,13 +21,10 @@ use burn::tensor::Tensor;
 
 use crate::dw::{DwConv, DwLayers, DwPlan};
 use crate::layers::{
-    broadcast_last, filled, global_mean_channels_last, to_channels_last, Conv, Dense, LastAxisNorm, WeightInit,
+    broadcast_last, filled, global_mean_channels_last, to_channels_last, Conv, Dense, LastAxisNorm,
 };
-use crate::models::ModelSpec;
+use crate::models::{ModelSpec, CONVNEXT_INIT};
 use crate::rng::SplitMix;
-
-/// ConvNeXt's init: `trunc_normal_(std=0.02)` for every conv and linear.
-const INIT: WeightInit = WeightInit::TruncNormal(0.02);
 
 /// Official depths and widths (timm / ConvNeXt-V2 repositories).
 pub const PRESETS: &[(&str, [usize; 4], [usize; 4])] = &[
@@ -116,25 +113,26 @@ pub struct ConvNext<B: Backend> {
 impl<B: ModelBackend> ConvNext<B> {
     /// `spec.depths` / `spec.dims` per stage; `spec.v2` selects GRN.
     pub fn new(spec: &ModelSpec, v2: bool, plan: &DwPlan, rng: &mut SplitMix, device: &B::Device) -> Self {
+        let init = spec.weight_init(CONVNEXT_INIT);
         let patch = if spec.small_input { 2 } else { 4 };
-        let stem = Conv::new(spec.in_channels, spec.dims[0], patch, patch, false, true, INIT, rng, device);
+        let stem = Conv::new(spec.in_channels, spec.dims[0], patch, patch, false, true, init, rng, device);
         let mut dw_index = 0;
         let mut stages = Vec::new();
         for (s, (&depth, &dim)) in spec.depths.iter().zip(&spec.dims).enumerate() {
             let downsample = (s > 0).then(|| Downsample {
                 norm: LastAxisNorm::new(spec.dims[s - 1], device),
-                conv: Conv::new(spec.dims[s - 1], dim, 2, 2, false, true, INIT, rng, device),
+                conv: Conv::new(spec.dims[s - 1], dim, 2, 2, false, true, init, rng, device),
             });
             let blocks = (0..depth)
                 .map(|_| {
-                    let dw = plan.build(dw_index, dim, spec.dw_kernel, 1, INIT, rng, device);
+                    let dw = plan.build(dw_index, dim, spec.dw_kernel, 1, init, rng, device);
                     dw_index += 1;
                     Block {
                         dw,
                         norm: LastAxisNorm::new(dim, device),
-                        expand: Dense::new(dim, 4 * dim, INIT, rng, device),
+                        expand: Dense::new(dim, 4 * dim, init, rng, device),
                         grn: v2.then(|| Grn::new(4 * dim, device)),
-                        project: Dense::new(4 * dim, dim, INIT, rng, device),
+                        project: Dense::new(4 * dim, dim, init, rng, device),
                         layer_scale: spec.layer_scale_init.map(|g| filled(g, [dim], device)),
                     }
                 })
@@ -147,7 +145,7 @@ impl<B: ModelBackend> ConvNext<B> {
             stem_norm: LastAxisNorm::new(spec.dims[0], device),
             stages,
             head_norm: LastAxisNorm::new(last, device),
-            head: Dense::new(last, spec.classes, INIT, rng, device),
+            head: Dense::new(last, spec.classes, init, rng, device),
         }
     }
 

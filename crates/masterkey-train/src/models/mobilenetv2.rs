@@ -45,9 +45,18 @@ pub struct ConvBn<B: Backend> {
 }
 
 impl<B: Backend> ConvBn<B> {
-    fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize, rng: &mut SplitMix, device: &B::Device) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        init: WeightInit,
+        rng: &mut SplitMix,
+        device: &B::Device,
+    ) -> Self {
         ConvBn {
-            conv: Conv::new(c_in, c_out, kernel, stride, true, false, WeightInit::KaimingFanOut, rng, device),
+            conv: Conv::new(c_in, c_out, kernel, stride, true, false, init, rng, device),
             bn: BatchNormConfig::new(c_out).init(device),
         }
     }
@@ -91,9 +100,10 @@ pub struct MobileNetV2<B: Backend> {
 impl<B: ModelBackend> MobileNetV2<B> {
     pub fn new(spec: &ModelSpec, plan: &DwPlan, rng: &mut SplitMix, device: &B::Device) -> Self {
         let width = spec.width_mult;
+        let conv_init = spec.weight_init(WeightInit::KaimingFanOut);
         let mut c_in = make_divisible(32.0 * width);
         let stem_stride = if spec.small_input { 1 } else { 2 };
-        let stem = ConvBn::new(spec.in_channels, c_in, 3, stem_stride, rng, device);
+        let stem = ConvBn::new(spec.in_channels, c_in, 3, stem_stride, conv_init, rng, device);
         let mut blocks = Vec::new();
         for (i, &(t, c, n, s)) in SETTINGS.iter().enumerate() {
             let c_out = make_divisible(c as f32 * width);
@@ -103,10 +113,10 @@ impl<B: ModelBackend> MobileNetV2<B> {
                 let hidden = c_in * t;
                 let dw_index = blocks.len();
                 blocks.push(InvertedResidual {
-                    expand: (t != 1).then(|| ConvBn::new(c_in, hidden, 1, 1, rng, device)),
-                    dw: plan.build(dw_index, hidden, spec.dw_kernel, stride, WeightInit::KaimingFanOut, rng, device),
+                    expand: (t != 1).then(|| ConvBn::new(c_in, hidden, 1, 1, conv_init, rng, device)),
+                    dw: plan.build(dw_index, hidden, spec.dw_kernel, stride, conv_init, rng, device),
                     dw_bn: BatchNormConfig::new(hidden).init(device),
-                    project: ConvBn::new(hidden, c_out, 1, 1, rng, device),
+                    project: ConvBn::new(hidden, c_out, 1, 1, conv_init, rng, device),
                     residual: stride == 1 && c_in == c_out,
                 });
                 c_in = c_out;
@@ -116,8 +126,8 @@ impl<B: ModelBackend> MobileNetV2<B> {
         MobileNetV2 {
             stem,
             blocks,
-            last: ConvBn::new(c_in, last_channels, 1, 1, rng, device),
-            head: Dense::new(last_channels, spec.classes, WeightInit::Normal(0.01), rng, device),
+            last: ConvBn::new(c_in, last_channels, 1, 1, conv_init, rng, device),
+            head: Dense::new(last_channels, spec.classes, spec.weight_init(WeightInit::Normal(0.01)), rng, device),
         }
     }
 

@@ -11,6 +11,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::dw::{DwConv, DwLayers, DwPlan};
+use crate::layers::WeightInit;
 use crate::rng::SplitMix;
 
 pub use convnext::ConvNext;
@@ -45,12 +46,41 @@ pub struct ModelSpec {
     /// Initial layer scale `gamma` (`None`: no layer scale).
     pub layer_scale_init: Option<f32>,
     pub dw_kernel: usize,
+    /// How conv and linear layers are initialised (`None`: the
+    /// architecture's own).
+    #[serde(default)]
+    pub init: Option<InitScheme>,
 }
+
+/// A layer initialisation chosen for every conv and linear layer of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitScheme {
+    /// ConvNeXt's: `trunc_normal_(std=0.02)`, biases zero.
+    Convnext,
+    /// PyTorch's default `Conv2d` / `Linear` initialisation.
+    Pytorch,
+}
+
+crate::dw::kebab_enum!(InitScheme, Convnext = "convnext", Pytorch = "pytorch");
+
+/// ConvNeXt's init: `trunc_normal_(std=0.02)` for every conv and linear.
+pub const CONVNEXT_INIT: WeightInit = WeightInit::TruncNormal(0.02);
 
 /// Official ConvNeXt V1 layer-scale init.
 pub const CONVNEXT_LAYER_SCALE_INIT: f32 = 1e-6;
 
 impl ModelSpec {
+    /// The initialisation of the layers that `official` initialises in the
+    /// architecture's own recipe, unless another scheme was chosen.
+    pub fn weight_init(&self, official: WeightInit) -> WeightInit {
+        match self.init {
+            None => official,
+            Some(InitScheme::Convnext) => CONVNEXT_INIT,
+            Some(InitScheme::Pytorch) => WeightInit::PytorchDefault,
+        }
+    }
+
     /// Names accepted by [`ModelSpec::named`].
     pub fn names() -> Vec<String> {
         let mut names: Vec<String> = convnext::PRESETS
@@ -76,6 +106,7 @@ impl ModelSpec {
             classes,
             layer_scale_init,
             dw_kernel,
+            init: None,
         };
         if let Some((family, size)) = name.split_once('-') {
             if let Some((_, depths, dims)) = convnext::PRESETS.iter().find(|p| p.0 == size) {

@@ -13,11 +13,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::dw::{DwConv, DwLayers, DwPlan};
-use crate::layers::{global_mean_channels_last, to_channels_last, Conv, Dense, LastAxisNorm, WeightInit};
-use crate::models::ModelSpec;
+use crate::layers::{global_mean_channels_last, to_channels_last, Conv, Dense, LastAxisNorm};
+use crate::models::{ModelSpec, CONVNEXT_INIT};
 use crate::rng::SplitMix;
-
-const INIT: WeightInit = WeightInit::TruncNormal(0.02);
 
 #[derive(Module, Debug)]
 pub struct ReferenceBlock<B: Backend> {
@@ -37,17 +35,17 @@ pub struct Reference<B: Backend> {
 impl<B: ModelBackend> Reference<B> {
     /// Width `spec.dims[0]`, `spec.depths[0]` blocks.
     pub fn new(spec: &ModelSpec, plan: &DwPlan, rng: &mut SplitMix, device: &B::Device) -> Self {
-        let w = spec.dims[0];
-        let stem = Conv::new(spec.in_channels, w, 3, 1, true, true, INIT, rng, device);
+        let (w, init) = (spec.dims[0], spec.weight_init(CONVNEXT_INIT));
+        let stem = Conv::new(spec.in_channels, w, 3, 1, true, true, init, rng, device);
         let blocks = (0..spec.depths[0])
             .map(|i| ReferenceBlock {
-                dw: plan.build(i, w, spec.dw_kernel, 1, INIT, rng, device),
+                dw: plan.build(i, w, spec.dw_kernel, 1, init, rng, device),
                 norm: LastAxisNorm::new(w, device),
-                expand: Dense::new(w, 4 * w, INIT, rng, device),
-                project: Dense::new(4 * w, w, INIT, rng, device),
+                expand: Dense::new(w, 4 * w, init, rng, device),
+                project: Dense::new(4 * w, w, init, rng, device),
             })
             .collect();
-        Reference { stem, blocks, head: Dense::new(w, spec.classes, INIT, rng, device) }
+        Reference { stem, blocks, head: Dense::new(w, spec.classes, init, rng, device) }
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {

@@ -1,0 +1,349 @@
+//! `masterkey bench parity`: masterkey's trainer against a plain PyTorch loop
+//! (`bench_parity.py`, in the benchmarks' cached venv) on the small-data
+//! recipe: ConvNeXt-style network (stem 2x2/2 to 32 + LN, 2 blocks at 32, LN +
+//! 2x2/2 conv to 64, 2 blocks at 64, mean pool, LN, linear; DW 7x7 with bias,
+//! layer scale 1.0), Fashion-MNIST, AdamW (0.9, 0.999) at peak lr 2e-3 with
+//! weight decay 0.05 on weights of rank >= 2, one epoch of linear warm-up then
+//! cosine to 0, batch 128, label smoothing 0.1.
+//!
+//! Curves: both start from masterkey's initial weights (written as
+//! safetensors) and take the same batches without augmentation; the two loss
+//! curves and their largest relative difference are printed per DW mode.
+//! `--full`: both train the recipe end to end (augmentation on, each its own
+//! initialisation of the chosen scheme, the same training subset) for every
+//! seed, and their test accuracies and speeds are printed side by side.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use masterkey_core::{atomic, Bank};
+use masterkey_train::data::idx::split_files;
+use masterkey_train::data::loader::epoch_order;
+use masterkey_train::data::{fashion_mnist_files, stratified_subset, DataKind, DataSpec, Dataset};
+use masterkey_train::dw::{AssignmentKind, DwMode};
+use masterkey_train::models::{InitScheme, ModelSpec, Network};
+use masterkey_train::train::{
+    dw_plan, evaluate, load_trained, train, DwSettings, Observer, Outcome, RunOptions, StepReport, TrainConfig,
+    CHECKPOINT_DIR,
+};
+use masterkey_train::{state_dict, CpuBackend, TrainBackend};
+use serde_json::{json, Value};
+
+use crate::bench::{median, run_torch_job};
+use crate::train_cmd::{fetch_data, Bars};
+use crate::ui;
+
+const SCRIPT: &str = include_str!("bench_parity.py");
+
+#[derive(clap::Args)]
+pub struct ParityArgs {
+    /// DW modes to compare.
+    #[arg(long, value_delimiter = ',', default_values_t = [DwMode::Trainable, DwMode::Frozen, DwMode::BankInit, DwMode::RandomFrozen])]
+    modes: Vec<DwMode>,
+    /// Share of the Fashion-MNIST training set (stratified, subset seed 0).
+    #[arg(long, default_value_t = 0.01)]
+    fraction: f64,
+    /// Epochs of the recipe (the schedule's length; trained in full with --full).
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    /// Steps compared in the loss curves.
+    #[arg(long, default_value_t = 100)]
+    steps: u64,
+    /// Layer initialisation of both (each draws its own weights in --full runs).
+    #[arg(long, default_value = "convnext")]
+    init: InitScheme,
+    /// Initial layer scale.
+    #[arg(long, default_value_t = 1.0)]
+    layer_scale_init: f32,
+    /// Train the recipe end to end in both, per mode and seed, and compare test accuracy and speed.
+    #[arg(long)]
+    full: bool,
+    /// Seeds of the --full runs (the curves use the first).
+    #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
+    seeds: Vec<u64>,
+    /// Folder for the curves (curves.csv) and the runs' results (full.json).
+    #[arg(short, long, default_value = "results/parity")]
+    output: PathBuf,
+}
+
+/// The recipe, as `masterkey train` takes it.
+fn recipe(args: &ParityArgs, mode: DwMode, seed: u64, augment: bool) -> Result<TrainConfig> {
+    let mut model = ModelSpec::named("convnext-atto", 1, 10, true).map_err(anyhow::Error::msg)?;
+    (model.depths, model.dims) = (vec![2, 2], vec![32, 64]);
+    model.layer_scale_init = Some(args.layer_scale_init);
+    model.init = Some(args.init);
+    Ok(TrainConfig {
+        model,
+        data: DataSpec {
+            kind: DataKind::FashionMnist,
+            path: None,
+            image_size: None,
+            fraction: args.fraction,
+            subset_seed: 0,
+            augment,
+            crop_padding: Some(2),
+        },
+        dw: DwSettings {
+            mode,
+            bank: "published8".into(),
+            assignment: AssignmentKind::RoundRobin,
+            learn_scale: false,
+            init_norm: None,
+            freeze_after: 1,
+            source_checkpoint: None,
+        },
+        epochs: args.epochs,
+        batch_size: 128,
+        lr: 2e-3,
+        min_lr: 0.0,
+        weight_decay: 0.05,
+        warmup_epochs: 1.0,
+        label_smoothing: 0.1,
+        seed,
+        eval_every: args.epochs,
+    })
+}
+
+/// What the PyTorch script needs of a run besides its kind.
+fn reference_run(config: &TrainConfig, data: &Dataset, bank: &Bank, batches: usize) -> Value {
+    let m = &config.model;
+    let (keys, _) = dw_plan(config, bank, None).keys_at(m.dw_kernel);
+    json!({
+        "mode": config.dw.mode.name(),
+        "depths": m.depths, "dims": m.dims, "kernel": m.dw_kernel, "in_channels": m.in_channels,
+        "classes": m.classes, "layer_scale": m.layer_scale_init,
+        "init": m.init.map(InitScheme::name),
+        "keys": keys,
+        "mean": data.normalisation.mean[0], "std": data.normalisation.std[0],
+        "lr": config.lr, "min_lr": config.min_lr, "weight_decay": config.weight_decay,
+        "warmup_steps": (config.warmup_epochs * batches as f64).round() as u64,
+        "total_steps": config.epochs * batches,
+        "label_smoothing": config.label_smoothing,
+        "batch_size": config.batch_size, "epochs": config.epochs, "seed": config.seed,
+        "crop_padding": config.data.crop_padding_for(data.shape[2]),
+    })
+}
+
+/// Collects each step's loss.
+struct StepLosses(Vec<f64>);
+impl Observer for StepLosses {
+    fn step(&mut self, r: &StepReport) {
+        self.0.push(r.step_loss);
+    }
+}
+
+fn job(data_dir: &Path, runs: Vec<Value>) -> Result<Value> {
+    let (train_images, train_labels) = split_files(data_dir, "train")?;
+    let (test_images, test_labels) = split_files(data_dir, "t10k")?;
+    let path = |p: PathBuf| p.display().to_string();
+    Ok(json!({
+        "train_images": path(train_images), "train_labels": path(train_labels),
+        "test_images": path(test_images), "test_labels": path(test_labels),
+        "runs": runs,
+    }))
+}
+
+pub fn run(args: ParityArgs) -> Result<()> {
+    if args.modes.is_empty() || args.seeds.is_empty() || args.steps == 0 || args.epochs == 0 {
+        bail!("bench parity needs at least one mode, one seed, one step and one epoch");
+    }
+    let spec = recipe(&args, args.modes[0], args.seeds[0], false)?.data;
+    let data = Dataset::load(&spec, fetch_data)?;
+    let data_dir = fashion_mnist_files(&masterkey_fetch::ensure_deb(&masterkey_fetch::FASHION_MNIST)?);
+    let bank = Bank::published8();
+    std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
+    curves(&args, &data, &data_dir, &bank)?;
+    if args.full {
+        full(&args, &data, &data_dir, &bank)?;
+    }
+    Ok(())
+}
+
+fn curves(args: &ParityArgs, data: &Dataset, data_dir: &Path, bank: &Bank) -> Result<()> {
+    let seed = args.seeds[0];
+    let work = tempfile::tempdir()?;
+    let subset = stratified_subset(data.train.labels(), args.fraction, 0);
+    let per_epoch = subset.len().div_ceil(128);
+    let batches: Vec<Vec<usize>> = (0..)
+        .flat_map(|epoch| epoch_order(&subset, seed, epoch).chunks(128).map(<[usize]>::to_vec).collect::<Vec<_>>())
+        .take(args.steps as usize)
+        .collect();
+    let (mut ours, mut runs) = (Vec::new(), Vec::new());
+    for &mode in &args.modes {
+        let config = recipe(args, mode, seed, false)?;
+        let plan = dw_plan(&config, bank, None);
+        let model = Network::<CpuBackend>::new(&config.model, &plan, seed, &Default::default());
+        let init = work.path().join(format!("{mode}.safetensors"));
+        state_dict::save(&state_dict::state_dict(&model)?, &init)?;
+        eprintln!("masterkey {mode}: {} steps from the weights in {}", args.steps, init.display());
+        let mut losses = StepLosses(Vec::new());
+        let options = RunOptions { halt_after_steps: Some(args.steps), ..RunOptions::default() };
+        train::<TrainBackend>(&config, data, &work.path().join(mode.name()), &options, &mut losses)?;
+        ours.push(losses.0);
+        let mut run = reference_run(&config, data, bank, per_epoch);
+        run["kind"] = json!("curve");
+        run["init_weights"] = json!(init.display().to_string());
+        run["batches"] = json!(batches);
+        runs.push(run);
+    }
+    eprintln!("PyTorch: the same steps from the same weights");
+    let reply = run_torch_job(SCRIPT, work.path(), &job(data_dir, runs)?)?;
+    let theirs: Vec<Vec<f64>> =
+        reply["runs"].as_array().context("no runs in the reference's reply")?.iter().map(|r| losses_of(r)).collect();
+
+    println!(
+        "bench parity (curves): the recipe at {} of Fashion-MNIST ({} images, {per_epoch} steps per epoch, \
+         schedule of {} epochs), augmentation off, the same {} batches and the same initial weights (init {}, \
+         seed {seed}) in masterkey and PyTorch {} ({} threads). Training loss per step.",
+        args.fraction,
+        subset.len(),
+        args.epochs,
+        args.steps,
+        args.init,
+        reply["torch"].as_str().unwrap_or("?"),
+        reply["threads"]
+    );
+    let mut header = vec!["step".to_string()];
+    for mode in &args.modes {
+        header.extend([format!("{mode} masterkey"), format!("{mode} PyTorch")]);
+    }
+    let mut csv = header.join(",") + "\n";
+    let mut t = ui::table(&header.iter().map(String::as_str).collect::<Vec<_>>());
+    for step in 0..args.steps as usize {
+        let row: Vec<String> = std::iter::once((step + 1).to_string())
+            .chain(ours.iter().zip(&theirs).flat_map(|(a, b)| [format!("{:.5}", a[step]), format!("{:.5}", b[step])]))
+            .collect();
+        csv += &(row.join(",") + "\n");
+        if step < 5 || (step + 1) % 10 == 0 {
+            t.add_row(row);
+        }
+    }
+    println!("{t}");
+    let mut summary = ui::table(&["DW mode", "largest relative difference", "at step", "mean relative difference"]);
+    for ((mode, a), b) in args.modes.iter().zip(&ours).zip(&theirs) {
+        let rel: Vec<f64> = a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-12)).collect();
+        let (at, worst) = rel.iter().enumerate().fold((0, 0.0), |m, (i, &r)| if r > m.1 { (i, r) } else { m });
+        let mean = rel.iter().sum::<f64>() / rel.len() as f64;
+        summary.add_row(vec![
+            mode.to_string(),
+            format!("{:.3}%", 100.0 * worst),
+            (at + 1).to_string(),
+            format!("{:.3}%", 100.0 * mean),
+        ]);
+    }
+    println!("{summary}");
+    let path = args.output.join("curves.csv");
+    atomic::write_file(&path, csv.as_bytes())?;
+    println!("(every step in {})", path.display());
+    Ok(())
+}
+
+fn losses_of(run: &Value) -> Vec<f64> {
+    run["losses"].as_array().map(|l| l.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
+}
+
+/// One finished run: test accuracy, training and evaluation images per second.
+#[derive(serde::Serialize, Clone, Copy)]
+struct RunResult {
+    accuracy: f64,
+    train_images_per_s: f64,
+    eval_images_per_s: f64,
+}
+
+fn ours_full(config: &TrainConfig, data: &Dataset) -> Result<RunResult> {
+    let work = tempfile::tempdir()?;
+    let outcome = train::<TrainBackend>(config, data, work.path(), &RunOptions::default(), &mut Bars { bar: None })?;
+    let Outcome::Finished(summary) = outcome else { bail!("the masterkey run halted") };
+    let (model, _) = load_trained::<CpuBackend>(&work.path().join(CHECKPOINT_DIR))?;
+    let t0 = Instant::now();
+    evaluate(&model, data, &data.test, 256)?;
+    let eval_images_per_s = data.test.len() as f64 / t0.elapsed().as_secs_f64();
+    Ok(RunResult { accuracy: summary.test_accuracy, train_images_per_s: summary.train_images_per_s, eval_images_per_s })
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64;
+    (mean, var.sqrt())
+}
+
+fn full(args: &ParityArgs, data: &Dataset, data_dir: &Path, bank: &Bank) -> Result<()> {
+    let subset = stratified_subset(data.train.labels(), args.fraction, 0);
+    let per_epoch = subset.len().div_ceil(128);
+    let mut rows = Vec::new();
+    let mut record = Vec::new();
+    for &mode in &args.modes {
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for &seed in &args.seeds {
+            let config = recipe(args, mode, seed, true)?;
+            eprintln!("masterkey {mode} seed {seed}: {} epochs", config.epochs);
+            let o = ours_full(&config, data)?;
+            let mut run = reference_run(&config, data, bank, per_epoch);
+            run["kind"] = json!("full");
+            run["subset"] = json!(subset);
+            let work = tempfile::tempdir()?;
+            let reply = run_torch_job(SCRIPT, work.path(), &job(data_dir, vec![run])?)?;
+            let r = &reply["runs"][0];
+            let number = |k: &str| r[k].as_f64().with_context(|| format!("no {k} in the reference's reply"));
+            let t = RunResult {
+                accuracy: number("test_accuracy")?,
+                train_images_per_s: number("train_images_per_s")?,
+                eval_images_per_s: number("eval_images_per_s")?,
+            };
+            eprintln!(
+                "  seed {seed}: masterkey {:.2}% ({:.0} img/s), PyTorch {:.2}% ({:.0} img/s)",
+                100.0 * o.accuracy,
+                o.train_images_per_s,
+                100.0 * t.accuracy,
+                t.train_images_per_s
+            );
+            record.push(json!({"mode": mode.name(), "seed": seed, "masterkey": o, "pytorch": t}));
+            ours.push(o);
+            theirs.push(t);
+        }
+        rows.push((mode, ours, theirs));
+    }
+    atomic::write_file(&args.output.join("full.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
+
+    println!(
+        "bench parity (--full): the recipe trained end to end at {} of Fashion-MNIST ({} images) for {} epochs, \
+         augmentation on (zero-pad 2, random crop, flip), init {}, seeds {:?}; test accuracy on all {} test images. \
+         Each implementation draws its own weights and augmentations.",
+        args.fraction,
+        subset.len(),
+        args.epochs,
+        args.init,
+        args.seeds,
+        data.test.len()
+    );
+    let mut t = ui::table(&[
+        "DW mode",
+        "masterkey acc %",
+        "PyTorch acc %",
+        "difference",
+        "train img/s (ours / theirs, median)",
+        "eval img/s (ours / theirs, median)",
+    ]);
+    for (mode, ours, theirs) in &rows {
+        let acc = |v: &[RunResult]| mean_std(&v.iter().map(|r| 100.0 * r.accuracy).collect::<Vec<_>>());
+        let (a, sa) = acc(ours);
+        let (b, sb) = acc(theirs);
+        let speed = |v: &[RunResult], f: fn(&RunResult) -> f64| median(v.iter().map(f).collect());
+        let ratio = |f: fn(&RunResult) -> f64| {
+            let (x, y) = (speed(ours, f), speed(theirs, f));
+            format!("{x:.0} / {y:.0} = {:.2}x", x / y)
+        };
+        t.add_row(vec![
+            mode.to_string(),
+            format!("{a:.2} ± {sa:.2}"),
+            format!("{b:.2} ± {sb:.2}"),
+            format!("{:+.2}", a - b),
+            ratio(|r| r.train_images_per_s),
+            ratio(|r| r.eval_images_per_s),
+        ]);
+    }
+    println!("{t}");
+    println!("(mean ± sample standard deviation over the seeds; runs in {})", args.output.join("full.json").display());
+    Ok(())
+}
