@@ -181,7 +181,7 @@ def train_step(net, opt, x, y, step, r):
 
 
 def normalised(images, r):
-    return (torch.from_numpy(images).float().div_(255.0).sub_(r["mean"]).div_(r["std"])).unsqueeze(1)
+    return (torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0).sub_(r["mean"]).div_(r["std"])).unsqueeze(1)
 
 
 def curve(r, images, labels):

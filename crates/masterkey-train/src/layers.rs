@@ -99,6 +99,16 @@ impl<B: LinearBackend> Dense<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         linear(x, self.weight.val(), self.bias.val())
     }
+
+    /// `forward(x) * scale` (a per-output scale such as ConvNeXt's layer
+    /// scale), computed as `x (W diag(scale)) + b * scale`: the product
+    /// touches the small weight instead of the large output, forward and
+    /// backward, and autodiff gives `scale` the same gradient.
+    pub fn forward_scaled<const D: usize>(&self, x: Tensor<B, D>, scale: Tensor<B, 1>) -> Tensor<B, D> {
+        let out = scale.dims()[0];
+        let weight = self.weight.val() * scale.clone().reshape([1, out]);
+        linear(x, weight, self.bias.val() * scale)
+    }
 }
 
 /// A dense (groups = 1) convolution with padding `k/2`.
@@ -137,9 +147,30 @@ impl<B: Backend> Conv<B> {
         let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
         conv2d(x, self.weight.val(), self.bias.as_ref().map(Param::val), options)
     }
-    /// On `[N, H, W, C]` in and out (burn's convolution reads channels first).
-    pub fn forward_channels_last(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        to_channels_last(self.forward(x.permute([0, 3, 1, 2])))
+}
+
+impl<B: LinearBackend> Conv<B> {
+    /// A patchify convolution (stride = kernel, no padding, as ConvNeXt's
+    /// stems and downsampling layers) on `[N, H, W, C]` in and out, as one
+    /// matrix product of the `k*k*C` patches with the weight: the output is
+    /// channels-last as it comes, and the product runs on the fast linear
+    /// operation instead of burn's channels-first convolution and the copies
+    /// to and from it. Rows and columns past the last whole patch are
+    /// dropped, as the convolution drops them.
+    pub fn forward_patches(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [n, h, w, c] = x.dims();
+        let [out, _, k, _] = self.weight.dims();
+        debug_assert!(self.stride == k && self.padding == 0, "not a patchify convolution");
+        let (oh, ow) = (h / k, w / k);
+        let x = if (oh * k, ow * k) == (h, w) { x } else { x.slice([0..n, 0..oh * k, 0..ow * k, 0..c]) };
+        let patches = x.reshape([n, oh, k, ow, k, c]).permute([0, 1, 3, 2, 4, 5]).reshape([n * oh * ow, k * k * c]);
+        // [out, in, ky, kx] -> [ky, kx, in] x out, the patches' order.
+        let weight = self.weight.val().permute([2, 3, 1, 0]).reshape([k * k * c, out]);
+        let bias = match &self.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([out], &patches.device()),
+        };
+        linear(patches, weight, bias).reshape([n, oh, ow, out])
     }
 }
 

@@ -81,10 +81,10 @@ impl<B: ModelBackend> Block<B> {
         if let Some(grn) = &self.grn {
             y = grn.forward(y);
         }
-        let mut y = self.project.forward(y);
-        if let Some(gamma) = &self.layer_scale {
-            y = y * broadcast_last::<B, 4>(gamma.val());
-        }
+        let y = match &self.layer_scale {
+            Some(gamma) => self.project.forward_scaled(y, gamma.val()),
+            None => self.project.forward(y),
+        };
         x + y
     }
 }
@@ -150,12 +150,12 @@ impl<B: ModelBackend> ConvNext<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        // Channels-last from the stem on, as LayerNorm, the MLP and the DW
-        // operation read it; only the stride-2 convolutions see channels first.
-        let mut x = self.stem_norm.forward(to_channels_last(self.stem.forward(x)));
+        // Channels-last from the input on, as the patchify convolutions,
+        // LayerNorm, the MLP and the DW operation read it.
+        let mut x = self.stem_norm.forward(self.stem.forward_patches(to_channels_last(x)));
         for stage in &self.stages {
             if let Some(down) = &stage.downsample {
-                x = down.conv.forward_channels_last(down.norm.forward(x));
+                x = down.conv.forward_patches(down.norm.forward(x));
             }
             for block in &stage.blocks {
                 x = block.forward(x);
