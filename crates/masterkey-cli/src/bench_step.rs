@@ -54,7 +54,8 @@ pub fn bench_step(batch: usize, warmup: usize, repeats: usize) -> Result<()> {
     let frozen = our_step(&spec, DwMode::Frozen, batch, warmup, repeats);
     eprintln!("PyTorch: the same, NCHW and channels-last");
     let dir = tempfile::tempdir()?;
-    let args: Vec<String> = [batch, SIZE, width, blocks, CLASSES, warmup, repeats].iter().map(|v| v.to_string()).collect();
+    let args: Vec<String> =
+        [batch, SIZE, width, blocks, CLASSES, warmup, repeats].iter().map(|v| v.to_string()).collect();
     let reply = run_reference_with(TORCH_PACKAGES, STEP_SCRIPT, dir.path(), &args)?;
     let theirs = |key: &str| reply[key].as_f64().unwrap_or(f64::NAN);
     let threads = std::thread::available_parallelism().map_or(1, |p| p.get());

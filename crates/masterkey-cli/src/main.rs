@@ -17,8 +17,8 @@ mod report_cmd;
 mod scalespace_cmd;
 mod search_cmd;
 mod train_cmd;
-mod universality_cmd;
 mod ui;
+mod universality_cmd;
 
 use std::process::ExitCode;
 

@@ -150,7 +150,9 @@ pub(crate) fn fetch_data(kind: DataKind) -> masterkey_core::Result<PathBuf> {
         masterkey_fetch::ensure(set)
     };
     match kind {
-        DataKind::FashionMnist => Ok(fashion_mnist_files(&masterkey_fetch::ensure_deb(&masterkey_fetch::FASHION_MNIST)?)),
+        DataKind::FashionMnist => {
+            Ok(fashion_mnist_files(&masterkey_fetch::ensure_deb(&masterkey_fetch::FASHION_MNIST)?))
+        }
         DataKind::Mnist5k => shipped("mnist-5k"),
         DataKind::LfwSubset => shipped("lfw-subset"),
         other => Err(masterkey_core::Error::Other(format!("data set `{other}` is not fetched: pass --data"))),
@@ -434,7 +436,8 @@ pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
     };
     let data = Dataset::load(&args.train.data_spec(), fetch_data)?;
     let template = args.train.config(&data)?;
-    let shares = args.fractions.iter().map(|f| Share::parse(f, &template)).collect::<masterkey_core::Result<Vec<_>>>()?;
+    let shares =
+        args.fractions.iter().map(|f| Share::parse(f, &template)).collect::<masterkey_core::Result<Vec<_>>>()?;
     let all = all_arms();
     let arms: Vec<Arm> = match &args.arms {
         None => all,

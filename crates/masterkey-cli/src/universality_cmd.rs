@@ -47,8 +47,16 @@ fn parse_set(text: &str) -> Result<(String, DataKind, Option<PathBuf>, Option<us
     if kind.is_fetched() == folder.is_some() {
         bail!("--sets `{text}`: fashion-mnist, mnist-5k and lfw-subset take no folder; cifar10, cifar100, idx and folder need KIND=FOLDER");
     }
-    let epochs = parts.next().map(|p| p.trim().parse::<usize>()).transpose().with_context(|| format!("--sets `{text}`: epochs"))?;
-    let fraction = parts.next().map(|p| p.trim().parse::<f64>()).transpose().with_context(|| format!("--sets `{text}`: fraction"))?;
+    let epochs = parts
+        .next()
+        .map(|p| p.trim().parse::<usize>())
+        .transpose()
+        .with_context(|| format!("--sets `{text}`: epochs"))?;
+    let fraction = parts
+        .next()
+        .map(|p| p.trim().parse::<f64>())
+        .transpose()
+        .with_context(|| format!("--sets `{text}`: fraction"))?;
     if parts.next().is_some() {
         bail!("--sets `{text}`: expected NAME[:EPOCHS[:FRACTION]]");
     }

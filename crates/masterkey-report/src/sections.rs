@@ -579,7 +579,8 @@ struct SmallData {
 fn small_data(dir: &Path) -> Result<Option<Section>> {
     let exp_dir = dir.join("small-data");
     let Some(exp): Option<SmallData> = read_json(&exp_dir.join("results.json"))? else { return Ok(None) };
-    let budget: Vec<String> = exp.shares.iter().map(|s| format!("{} epochs on {}%", s.epochs, 100.0 * s.fraction)).collect();
+    let budget: Vec<String> =
+        exp.shares.iter().map(|s| format!("{} epochs on {}%", s.epochs, 100.0 * s.fraction)).collect();
     let settings = format!(
         "model {}, data set {}, {}, batch {}, lr {}, layer-scale init {}, seeds {:?}, {:.0} s of training summed over the runs",
         exp.model,
@@ -665,8 +666,7 @@ fn training_run(dir: &Path) -> Result<Option<Section>> {
         },
         &[curve("test", |m| m.test_accuracy.map(|a| 100.0 * a)), curve("train", |m| Some(100.0 * m.train_accuracy))],
     );
-    let max_loss =
-        epochs.iter().map(|m| m.train_loss.max(m.test_loss.unwrap_or(0.0))).fold(0.0f64, f64::max).max(1e-9);
+    let max_loss = epochs.iter().map(|m| m.train_loss.max(m.test_loss.unwrap_or(0.0))).fold(0.0f64, f64::max).max(1e-9);
     let loss = charts::line_chart(
         "Loss per epoch",
         &Axes {

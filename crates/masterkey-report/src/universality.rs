@@ -81,7 +81,10 @@ fn pair(c: &Coverage) -> String {
 
 fn keys(bank: Option<&FoundBank>) -> [String; 2] {
     bank.map_or(["-".into(), "-".into()], |b| {
-        [format!("{:.3}", b.mean_matched), if b.rediscovered.is_empty() { "none".into() } else { b.rediscovered.join(", ") }]
+        [
+            format!("{:.3}", b.mean_matched),
+            if b.rediscovered.is_empty() { "none".into() } else { b.rediscovered.join(", ") },
+        ]
     })
 }
 
@@ -95,7 +98,9 @@ pub fn section(dir: &Path) -> Result<Option<Section>> {
     let sets: Vec<String> = exp
         .datasets
         .iter()
-        .map(|d| format!("{} ({:.0} training images x {} epochs)", d.label, d.train_images as f64 * d.fraction, d.epochs))
+        .map(|d| {
+            format!("{} ({:.0} training images x {} epochs)", d.label, d.train_images as f64 * d.fraction, d.epochs)
+        })
         .collect();
     let settings = format!(
         "{} with trainable {} DW filters on {}; seeds {:?}; banks of K = {}; coverage at |cos| >= {}; {:.0} s of training summed over the runs",
@@ -149,8 +154,9 @@ pub fn section(dir: &Path) -> Result<Option<Section>> {
         })
         .collect();
     body.push_str(&table(&header, &rows));
-    let header = ["data set", "seed", "test accuracy", "mean |cos| to own init", "published8 mean |cos|", "matched (k-means)"]
-        .map(String::from);
+    let header =
+        ["data set", "seed", "test accuracy", "mean |cos| to own init", "published8 mean |cos|", "matched (k-means)"]
+            .map(String::from);
     let rows: Vec<Vec<String>> = exp
         .runs
         .iter()

@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use crate::data::Dataset;
 use crate::dw::{AssignmentKind, DwMode};
-use crate::ModelAutodiffBackend;
 use crate::train::{train, EpochMetrics, Observer, Outcome, RunOptions, TrainConfig, CHECKPOINT_DIR, METRICS_FILE};
+use crate::ModelAutodiffBackend;
 
 /// One arm of the comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,9 @@ impl Share {
     /// `FRACTION[:EPOCHS[:FREEZE_AFTER[:SEEDS]]]`, the missing parts from `template`.
     pub fn parse(text: &str, template: &TrainConfig) -> Result<Share> {
         let bad = || {
-            Error::Other(format!("a share is FRACTION[:EPOCHS[:FREEZE_AFTER[:SEEDS]]], e.g. 0.01:20:5 or 1:2:1:2; got `{text}`"))
+            Error::Other(format!(
+                "a share is FRACTION[:EPOCHS[:FREEZE_AFTER[:SEEDS]]], e.g. 0.01:20:5 or 1:2:1:2; got `{text}`"
+            ))
         };
         let mut parts = text.split(':');
         let fraction = parts.next().and_then(|p| p.trim().parse().ok()).ok_or_else(bad)?;
@@ -245,9 +247,8 @@ fn summarise(runs: &[RunResult], arms: &[Arm], fractions: &[f64]) -> Vec<ArmStat
                 trainable_mean = Some(mean);
             }
             let epochs = mine.iter().map(|r| r.curve.len()).min().unwrap_or(0);
-            let mean_curve = (0..epochs)
-                .map(|e| mine.iter().map(|r| r.curve[e]).sum::<Option<f64>>().map(|sum| sum / n))
-                .collect();
+            let mean_curve =
+                (0..epochs).map(|e| mine.iter().map(|r| r.curve[e]).sum::<Option<f64>>().map(|sum| sum / n)).collect();
             stats.push(ArmStats {
                 arm: arm.label(),
                 fraction,
@@ -422,10 +423,7 @@ mod tests {
             Arm { mode: DwMode::Trainable, assignment: AssignmentKind::RoundRobin },
             Arm { mode: DwMode::Frozen, assignment: AssignmentKind::FromCheckpoint },
         ];
-        let shares = [
-            Share::parse("0.5:3", &template).unwrap(),
-            Share::parse("1:2:1:1", &template).unwrap(),
-        ];
+        let shares = [Share::parse("0.5:3", &template).unwrap(), Share::parse("1:2:1:1", &template).unwrap()];
         let dir = tempfile::tempdir().unwrap();
         let report = run_experiment::<Ad>(&template, &data, &arms, &shares, &[1, 2], dir.path(), &mut Quiet).unwrap();
         // Two seeds at 50%, the first one only at 100%.

@@ -223,3 +223,81 @@ pub fn global_mean_channels_last<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
     let [n, h, w, c] = x.dims();
     x.reshape([n, h * w, c]).mean_dim(1).reshape([n, c])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{to_vec, Ad};
+
+    fn close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "{what}[{i}]: {g} vs {w}");
+        }
+    }
+
+    fn random<const D: usize>(shape: [usize; D], rng: &mut SplitMix) -> Tensor<Ad, D> {
+        let n = shape.iter().product();
+        Tensor::from_data(
+            TensorData::new((0..n).map(|_| rng.normal()).collect::<Vec<f32>>(), shape),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn a_scaled_dense_layer_matches_scaling_its_output_with_the_same_gradients() {
+        let mut rng = SplitMix::new(4);
+        let device = Default::default();
+        let dense = Dense::<Ad>::new(6, 5, WeightInit::PytorchDefault, &mut rng, &device);
+        let scale = random([5], &mut rng).require_grad();
+        let x = random([2, 3, 4, 6], &mut rng).require_grad();
+        let r = random([2, 3, 4, 5], &mut rng);
+        let plain = dense.forward(x.clone()) * scale.clone().reshape([1, 1, 1, 5]);
+        let fused = dense.forward_scaled(x.clone(), scale.clone());
+        close(&to_vec(fused.clone()), &to_vec(plain.clone()), "output");
+        let (gp, gf) = ((plain * r.clone()).sum().backward(), (fused * r).sum().backward());
+        close(&to_vec(scale.grad(&gf).unwrap()), &to_vec(scale.grad(&gp).unwrap()), "scale gradient");
+        close(&to_vec(x.grad(&gf).unwrap()), &to_vec(x.grad(&gp).unwrap()), "input gradient");
+        let w = dense.weight.val();
+        close(&to_vec(w.grad(&gf).unwrap()), &to_vec(w.grad(&gp).unwrap()), "weight gradient");
+    }
+
+    #[test]
+    fn patchify_convolutions_match_burns_convolution_and_its_gradients() {
+        let mut rng = SplitMix::new(5);
+        let device = Default::default();
+        // 7 px with 2x2 patches drops the last row and column, as the convolution does.
+        for (c_in, c_out, k, side) in [(3, 8, 2, 8), (4, 6, 2, 7), (1, 5, 4, 12)] {
+            let conv = Conv::<Ad>::new(c_in, c_out, k, k, false, true, WeightInit::PytorchDefault, &mut rng, &device);
+            let x = random([2, c_in, side, side], &mut rng).require_grad();
+            let want = to_channels_last(conv.forward(x.clone()));
+            let got = conv.forward_patches(to_channels_last(x.clone()));
+            assert_eq!(got.dims(), want.dims());
+            close(&to_vec(got.clone()), &to_vec(want.clone()), "output");
+            let r = random(want.dims(), &mut rng);
+            let (gw, gg) = ((want * r.clone()).sum().backward(), (got * r).sum().backward());
+            close(&to_vec(x.grad(&gg).unwrap()), &to_vec(x.grad(&gw).unwrap()), "input gradient");
+            let w = conv.weight.val();
+            close(&to_vec(w.grad(&gg).unwrap()), &to_vec(w.grad(&gw).unwrap()), "weight gradient");
+            let b = conv.bias.as_ref().unwrap().val();
+            close(&to_vec(b.grad(&gg).unwrap()), &to_vec(b.grad(&gw).unwrap()), "bias gradient");
+        }
+    }
+
+    #[test]
+    fn pytorch_default_init_is_uniform_in_the_fan_in_bound_for_weights_and_biases() {
+        let mut rng = SplitMix::new(6);
+        let device = Default::default();
+        let conv = Conv::<Ad>::new(4, 300, 3, 1, true, true, WeightInit::PytorchDefault, &mut rng, &device);
+        let bound = 1.0 / 36f32.sqrt();
+        for (what, v) in [("weight", to_vec(conv.weight.val())), ("bias", to_vec(conv.bias.unwrap().val()))] {
+            let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            // Uniform in ±bound: the largest of many draws is close to the bound.
+            assert!(max <= bound && max > 0.95 * bound, "{what}: largest {max}, bound {bound}");
+            let var = v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32;
+            assert!((var - bound * bound / 3.0).abs() < 0.15 * bound * bound / 3.0, "{what}: variance {var}");
+        }
+        let dense = Dense::<Ad>::new(64, 10, WeightInit::TruncNormal(0.02), &mut rng, &device);
+        assert!(to_vec(dense.bias.val()).iter().all(|&b| b == 0.0), "ConvNeXt's biases start at zero");
+    }
+}

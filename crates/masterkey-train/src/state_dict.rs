@@ -137,7 +137,8 @@ mod tests {
     fn convnext_weights_get_pytorch_names_and_layouts_and_round_trip_through_safetensors() {
         let mut spec = ModelSpec::named("convnext-atto", 1, 10, true).unwrap();
         (spec.depths, spec.dims) = (vec![1, 1], vec![8, 16]);
-        for (mode, dw_names) in [(DwMode::Trainable, vec!["weight"]), (DwMode::Frozen, vec!["key", "scale", "offset"])] {
+        for (mode, dw_names) in [(DwMode::Trainable, vec!["weight"]), (DwMode::Frozen, vec!["key", "scale", "offset"])]
+        {
             let plan = DwPlan { mode, ..DwPlan::trainable(Bank::published8()) };
             let net = Network::<Cpu>::new(&spec, &plan, 3, &Default::default());
             let dict = state_dict(&net).unwrap();

@@ -25,9 +25,9 @@ use crate::data::{stratified_subset, DataSpec, Dataset, Split};
 use crate::dw::{
     key_usage, mean_filter_norm, snap_keys, AssignmentKind, ChannelKey, DwLayers, DwMode, DwPlan, KeyChoice,
 };
-use crate::{ModelAutodiffBackend, ModelBackend};
 use crate::models::{ModelSpec, Network};
 use crate::optim::{AdamWNoDecayOnVectors, Schedule};
+use crate::{ModelAutodiffBackend, ModelBackend};
 
 /// How the DW layers are set up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

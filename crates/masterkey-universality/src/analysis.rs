@@ -85,10 +85,8 @@ pub fn analyse(
     seed: u64,
 ) -> Result<SetStats> {
     let k = options.k;
-    let group = set
-        .groups
-        .get(&kernel)
-        .ok_or_else(|| Error::Other(format!("the filter set has no {kernel} filters")))?;
+    let group =
+        set.groups.get(&kernel).ok_or_else(|| Error::Other(format!("the filter set has no {kernel} filters")))?;
     let only = FilterSet { dead_tolerance: set.dead_tolerance, groups: [(kernel, group.clone())].into() };
     let filters = NormalisedFilters::from_group(group);
     let published = Bank::published8();
@@ -111,9 +109,8 @@ pub fn analyse(
         let rediscovered =
             (0..published.len()).filter(|&i| matched[i] >= REDISCOVERED).map(|i| published.labels[i].clone()).collect();
         // Found keys in the order of the published keys they match, then the unmatched ones.
-        let mut order: Vec<usize> = (0..published.len())
-            .filter_map(|i| comparison.pairs.iter().find(|p| p.b == i).map(|p| p.a))
-            .collect();
+        let mut order: Vec<usize> =
+            (0..published.len()).filter_map(|i| comparison.pairs.iter().find(|p| p.b == i).map(|p| p.a)).collect();
         let unmatched: Vec<usize> = (0..outcome.bank.len()).filter(|a| !order.contains(a)).collect();
         order.extend(unmatched);
         Ok(FoundBank {

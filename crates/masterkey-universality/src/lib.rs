@@ -21,8 +21,8 @@ use std::time::Instant;
 use masterkey_core::{Error, FilterSet, KernelSize, Result};
 use masterkey_train::data::Dataset;
 use masterkey_train::dw::DwMode;
-use masterkey_train::ModelAutodiffBackend;
 use masterkey_train::train::{dw_snapshot_dir, train, Observer, Outcome, RunOptions, TrainConfig};
+use masterkey_train::ModelAutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 pub use analysis::{analyse, similarity_to, AnalysisOptions, Coverage, FoundBank, SetStats};
@@ -134,9 +134,8 @@ pub fn run_universality<B: ModelAutodiffBackend>(
                 Outcome::Halted { .. } => unreachable!("experiments never halt"),
             };
             observer.note(&format!("analysing the {} snapshots of {} | seed {seed}", config.epochs + 1, set.label));
-            let snapshots = (0..=config.epochs)
-                .map(|e| FilterSet::load(&dw_snapshot_dir(&dir, e)))
-                .collect::<Result<Vec<_>>>()?;
+            let snapshots =
+                (0..=config.epochs).map(|e| FilterSet::load(&dw_snapshot_dir(&dir, e))).collect::<Result<Vec<_>>>()?;
             let mut epochs = Vec::new();
             for (epoch, snapshot) in snapshots.iter().enumerate() {
                 let ends = epoch == 0 || epoch == config.epochs;
@@ -146,7 +145,13 @@ pub fn run_universality<B: ModelAutodiffBackend>(
                     stats: analyse(snapshot, kernel, analysis, ends, seed)?,
                 });
             }
-            runs.push(RunStats { dataset: set.label.clone(), seed, test_accuracy: summary.test_accuracy, train_seconds: summary.train_seconds, epochs });
+            runs.push(RunStats {
+                dataset: set.label.clone(),
+                seed,
+                test_accuracy: summary.test_accuracy,
+                train_seconds: summary.train_seconds,
+                epochs,
+            });
             let [first, .., last] = &snapshots[..] else { unreachable!("at least two snapshots") };
             init.merge(first.clone());
             trained.merge(last.clone());
@@ -219,7 +224,15 @@ mod tests {
         model.dims = vec![16];
         let config = TrainConfig {
             model,
-            data: DataSpec { kind: DataKind::Idx, path: None, image_size: None, fraction: 1.0, subset_seed: 0, augment: false, crop_padding: None },
+            data: DataSpec {
+                kind: DataKind::Idx,
+                path: None,
+                image_size: None,
+                fraction: 1.0,
+                subset_seed: 0,
+                augment: false,
+                crop_padding: None,
+            },
             dw: DwSettings {
                 mode: DwMode::Frozen, // the experiment makes it trainable
                 bank: "published8".into(),
@@ -248,9 +261,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let analysis = AnalysisOptions {
             k: 4,
-            autoencoder: masterkey_search::AutoencoderOptions { steps: 200, candidates: 12, refine_rounds: 1, ..Default::default() },
+            autoencoder: masterkey_search::AutoencoderOptions {
+                steps: 200,
+                candidates: 12,
+                refine_rounds: 1,
+                ..Default::default()
+            },
         };
-        let run = || run_universality::<masterkey_train::TrainBackend>(&sets, &[3, 4], &analysis, dir.path(), &mut Quiet);
+        let run =
+            || run_universality::<masterkey_train::TrainBackend>(&sets, &[3, 4], &analysis, dir.path(), &mut Quiet);
         let report = run().unwrap();
         assert_eq!(report.runs.len(), 4);
         for run in &report.runs {
@@ -261,7 +280,14 @@ mod tests {
             // The autoencoder runs at initialisation and at the end only.
             let with_ae: Vec<bool> = run.epochs.iter().map(|e| e.stats.autoencoder.is_some()).collect();
             assert_eq!(with_ae, vec![true, false, true]);
-            assert!(dir.path().join("runs").join(&run.dataset).join(format!("seed-{}", run.seed)).join(DW_SNAPSHOT_DIR).join("epoch-2").is_dir());
+            assert!(dir
+                .path()
+                .join("runs")
+                .join(&run.dataset)
+                .join(format!("seed-{}", run.seed))
+                .join(DW_SNAPSHOT_DIR)
+                .join("epoch-2")
+                .is_dir());
         }
         // Per set and over all, at initialisation and trained.
         let pooled: Vec<(String, String, usize)> =
@@ -278,7 +304,10 @@ mod tests {
         output::write_results(&report, &results).unwrap();
         let md = std::fs::read_to_string(results.join("results.md")).unwrap();
         assert!(md.contains("| all | trained (4 runs) | 128 |"), "{md}");
-        assert!(md.contains("| key | k-means, initialisation | autoencoder, initialisation | k-means, trained |"), "{md}");
+        assert!(
+            md.contains("| key | k-means, initialisation | autoencoder, initialisation | k-means, trained |"),
+            "{md}"
+        );
         assert_eq!(md.lines().filter(|l| l.starts_with("| key")).count(), 1 + 8, "{md}");
         for file in ["banks-all.png", "banks-stripes.png", "matched-per-epoch.svg", "published8-per-epoch.svg"] {
             assert!(results.join(file).is_file(), "{file}");

@@ -32,7 +32,14 @@ pub fn markdown(report: &UniversalityReport) -> String {
     let sets: Vec<String> = report
         .datasets
         .iter()
-        .map(|d| format!("{} ({} training images x {} epochs)", d.label, (d.train_images as f64 * d.fraction).round(), d.epochs))
+        .map(|d| {
+            format!(
+                "{} ({} training images x {} epochs)",
+                d.label,
+                (d.train_images as f64 * d.fraction).round(),
+                d.epochs
+            )
+        })
         .collect();
     let _ = writeln!(
         md,
@@ -80,7 +87,9 @@ pub fn markdown(report: &UniversalityReport) -> String {
     );
     for r in &report.runs {
         let (first, last) = (&r.epochs[0], &r.epochs[r.epochs.len() - 1]);
-        let ae = |e: &crate::EpochStats| e.stats.autoencoder.as_ref().map_or("-".into(), |b| format!("{:.3}", b.mean_matched));
+        let ae = |e: &crate::EpochStats| {
+            e.stats.autoencoder.as_ref().map_or("-".into(), |b| format!("{:.3}", b.mean_matched))
+        };
         let _ = writeln!(
             md,
             "| {} | {} | {:.2}% | {:.3} | {:.3} -> {:.3} | {:.3} -> {:.3} | {} -> {} |",
@@ -97,7 +106,8 @@ pub fn markdown(report: &UniversalityReport) -> String {
         );
     }
     let published = Bank::published8();
-    let groups: Vec<&PooledStats> = report.pooled.iter().filter(|p| p.dataset == "all" || report.datasets.len() == 1).collect();
+    let groups: Vec<&PooledStats> =
+        report.pooled.iter().filter(|p| p.dataset == "all" || report.datasets.len() == 1).collect();
     if !groups.is_empty() {
         let _ = write!(md, "\nMatched |cos| per published8 key, all runs pooled:\n\n| key |");
         for g in &groups {
@@ -124,12 +134,15 @@ pub fn markdown(report: &UniversalityReport) -> String {
 fn per_epoch(report: &UniversalityReport, label: &str, value: impl Fn(&crate::EpochStats) -> f64) -> Vec<(f64, f64)> {
     let runs: Vec<_> = report.runs.iter().filter(|r| r.dataset == label).collect();
     let epochs = runs.iter().map(|r| r.epochs.len()).min().unwrap_or(0);
-    (0..epochs)
-        .map(|e| (e as f64, runs.iter().map(|r| value(&r.epochs[e])).sum::<f64>() / runs.len() as f64))
-        .collect()
+    (0..epochs).map(|e| (e as f64, runs.iter().map(|r| value(&r.epochs[e])).sum::<f64>() / runs.len() as f64)).collect()
 }
 
-fn epoch_chart(report: &UniversalityReport, title: &str, y_desc: &str, value: impl Fn(&crate::EpochStats) -> f64) -> String {
+fn epoch_chart(
+    report: &UniversalityReport,
+    title: &str,
+    y_desc: &str,
+    value: impl Fn(&crate::EpochStats) -> f64,
+) -> String {
     let series: Vec<Series> = report
         .datasets
         .iter()

@@ -360,9 +360,14 @@ mod tests {
     fn crop_and_flip_move_pixels_and_pad_with_zeros() {
         let src: Vec<u8> = (1..=16).collect();
         let mut seen_flip = false;
+        let mut largest_shift = 0;
         for seed in 0..50 {
             let mut out = vec![0.0; 16];
-            padded_crop_and_flip(&src, [1, 4, 4], &mut SplitMix::new(seed), &mut out);
+            padded_crop_and_flip(&src, [1, 4, 4], 2, &mut SplitMix::new(seed), &mut out);
+            // Zero padding of 2 px shifts by at most 2: at most two zero rows.
+            let zero_rows = out.chunks(4).filter(|r| r.iter().all(|&v| v == 0.0)).count();
+            assert!(zero_rows <= 2, "seed {seed}: {zero_rows} zero rows");
+            largest_shift = largest_shift.max(zero_rows);
             let nonzero: Vec<f32> = out.iter().copied().filter(|&v| v > 0.0).collect();
             // Every kept value is a source pixel; shifts drop some to zero padding.
             assert!(nonzero.iter().all(|v| (1.0..=16.0).contains(v)));
@@ -370,6 +375,25 @@ mod tests {
             seen_flip |= out.chunks(4).any(|r| r[0] > 0.0 && r[1] > 0.0 && r[0] > r[1]);
         }
         assert!(seen_flip);
+        assert_eq!(largest_shift, 2);
+    }
+
+    #[test]
+    fn crop_padding_defaults_by_image_size_and_old_settings_keep_4_px() {
+        let spec = DataSpec {
+            kind: DataKind::FashionMnist,
+            path: None,
+            image_size: None,
+            fraction: 1.0,
+            subset_seed: 0,
+            augment: true,
+            crop_padding: None,
+        };
+        assert_eq!((spec.crop_padding_for(28), spec.crop_padding_for(32)), (2, 4));
+        let mut old = serde_json::to_value(&spec).unwrap();
+        old.as_object_mut().unwrap().remove("crop_padding");
+        let read: DataSpec = serde_json::from_value(old).unwrap();
+        assert_eq!(read.crop_padding_for(28), 4, "checkpoints from before the setting were trained with 4 px");
     }
 
     #[test]

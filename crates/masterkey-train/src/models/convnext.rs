@@ -20,9 +20,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::dw::{DwConv, DwLayers, DwPlan};
-use crate::layers::{
-    broadcast_last, filled, global_mean_channels_last, to_channels_last, Conv, Dense, LastAxisNorm,
-};
+use crate::layers::{broadcast_last, filled, global_mean_channels_last, to_channels_last, Conv, Dense, LastAxisNorm};
 use crate::models::{ModelSpec, CONVNEXT_INIT};
 use crate::rng::SplitMix;
 
