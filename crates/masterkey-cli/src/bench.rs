@@ -43,17 +43,9 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         repeats: usize,
     },
-    /// One training step of the reference model (`train --model reference`) with trainable and with frozen DW
-    /// layers; compare with the same model in PyTorch, NCHW and channels-last.
-    Step {
-        #[arg(long, default_value_t = 128)]
-        batch: usize,
-        /// Untimed steps first (allocator and caches warm up).
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        #[arg(long, default_value_t = 5)]
-        repeats: usize,
-    },
+    /// One training step of a network (default: the reference model, `train --model reference`) with trainable
+    /// and with frozen DW layers; compare with the same network in PyTorch, NCHW and channels-last.
+    Step(Box<crate::bench_step::StepArgs>),
     /// masterkey's trainer against a plain PyTorch loop on the small-data recipe: loss curves from the same
     /// weights and batches per DW mode, and with --full test accuracy and speed of whole runs.
     Parity(Box<crate::bench_parity::ParityArgs>),
@@ -91,12 +83,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             }
             crate::bench_dw::bench_dw(shape, kernel, repeats.max(1))
         }
-        BenchCommand::Step { batch, warmup, repeats } => {
-            if batch == 0 {
-                bail!("bench step needs a batch of at least one image");
-            }
-            crate::bench_step::bench_step(batch, warmup, repeats.max(1))
-        }
+        BenchCommand::Step(args) => crate::bench_step::bench_step(&args),
         BenchCommand::Parity(args) => crate::bench_parity::run(*args),
         BenchCommand::Kmeans { filters, keys, iterations, noise, repeats, seed } => {
             bench_kmeans(filters, keys, iterations, noise, repeats.max(1), seed)

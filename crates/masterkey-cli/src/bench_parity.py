@@ -11,7 +11,9 @@
 # - "full": this script's own initialisation ("pytorch" default or
 #   "convnext" trunc_normal_ 0.02), shuffling and augmentation (zero-pad, random
 #   crop, horizontal flip) on the same training subset, then accuracy on the
-#   whole test set, with the training images per second.
+#   whole test set, with the training images per second;
+# - "step" (for `masterkey bench step`): the median time of one training step
+#   on random images, NCHW and channels-last, DW trainable and frozen.
 import gzip, json, math, struct, sys, time
 
 import numpy as np
@@ -104,7 +106,8 @@ class Net(nn.Module):
     def __init__(self, r, frozen):
         super().__init__()
         dims, k = r["dims"], r["kernel"]
-        self.stem = nn.Conv2d(r["in_channels"], dims[0], 2, 2)
+        patch = r.get("patch", 2)
+        self.stem = nn.Conv2d(r["in_channels"], dims[0], patch, patch)
         self.stem_norm = nn.LayerNorm(dims[0], eps=1e-6)
         self.stages = nn.ModuleList(
             Stage(dims[s - 1] if s else None, dims[s], d, k, frozen, r["layer_scale"]) for s, d in enumerate(r["depths"])
@@ -247,11 +250,41 @@ def full(r, images, labels, test_images, test_labels):
     }
 
 
+def step_times(r):
+    torch.manual_seed(0)
+    x0 = torch.randn(r["batch_size"], r["in_channels"], r["size"], r["size"])
+    y = torch.randint(0, r["classes"], (r["batch_size"],))
+    r = dict(r, min_lr=r["lr"], warmup_steps=0, total_steps=1, label_smoothing=0.0)
+    out = {}
+    for layout in ("nchw", "channels_last"):
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        for mode in ("trainable", "frozen"):
+            net = Net(r, mode == "frozen")
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.normal_(0, 0.02)
+                for b in net.buffers():
+                    b.normal_(0, 0.1)
+            net = net.to(memory_format=fmt)
+            opt, x, times = optimizer(net, r), x0.contiguous(memory_format=fmt), []
+            for i in range(r["warmup"] + r["repeats"]):
+                t0 = time.perf_counter()
+                train_step(net, opt, x, y, i, r)
+                if i >= r["warmup"]:
+                    times.append(time.perf_counter() - t0)
+            out[f"{layout}/{mode}"] = sorted(times)[len(times) // 2]
+    return out
+
+
 def main():
     with open(sys.argv[1]) as f:
         job = json.load(f)
-    images, labels = read_idx(job["train_images"]), read_idx(job["train_labels"])
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "runs": []}
+    if all(r["kind"] == "step" for r in job["runs"]):
+        out["runs"] = [step_times(r) for r in job["runs"]]
+        print(json.dumps(out))
+        return
+    images, labels = read_idx(job["train_images"]), read_idx(job["train_labels"])
     for r in job["runs"]:
         if r["kind"] == "curve":
             out["runs"].append(curve(r, images, labels))
