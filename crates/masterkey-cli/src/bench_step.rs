@@ -61,7 +61,9 @@ impl StepArgs {
         match spec.arch {
             Arch::Reference => {}
             Arch::ConvNext => spec.layer_scale_init = Some(self.layer_scale_init),
-            _ => bail!("bench step has a PyTorch network for `reference` and ConvNeXt (V1) models, not `{}`", self.model),
+            _ => {
+                bail!("bench step has a PyTorch network for `reference` and ConvNeXt (V1) models, not `{}`", self.model)
+            }
         }
         if let Some(d) = &self.depths {
             spec.depths = d.clone();
@@ -103,10 +105,11 @@ fn our_step(spec: &ModelSpec, mode: DwMode, args: &StepArgs) -> f64 {
 fn their_steps(spec: &ModelSpec, args: &StepArgs) -> Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
     if spec.arch == Arch::Reference {
-        let args: Vec<String> = [args.batch, args.image_size, spec.dims[0], spec.depths[0], CLASSES, args.warmup, args.repeats]
-            .iter()
-            .map(|v| v.to_string())
-            .collect();
+        let args: Vec<String> =
+            [args.batch, args.image_size, spec.dims[0], spec.depths[0], CLASSES, args.warmup, args.repeats]
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
         return run_reference_with(TORCH_PACKAGES, STEP_SCRIPT, dir.path(), &args);
     }
     let run = json!({

@@ -554,6 +554,17 @@ struct ArmStats {
     min: f64,
     max: f64,
     vs_trainable: f64,
+    /// Absent in results written before paired differences were reported.
+    #[serde(default)]
+    paired: Option<PairedDifference>,
+}
+
+#[derive(Deserialize)]
+struct PairedDifference {
+    pairs: usize,
+    mean: f64,
+    low: f64,
+    high: f64,
 }
 
 #[derive(Deserialize)]
@@ -594,11 +605,22 @@ fn small_data(dir: &Path) -> Result<Option<Section>> {
     );
     let mut body = format!(
         "<p>The same budget and seeds for every depthwise mode, on a share of the training set; test accuracy in \
-         percent (mean ± sample standard deviation over seeds). Settings: {}.</p>",
+         percent (mean ± sample standard deviation over seeds; paired: the mean of this mode's accuracy minus \
+         trainable's seed by seed, with its 95% Student t interval). Settings: {}.</p>",
         escape(&settings)
     );
-    let header = ["share of training set", "depthwise mode", "runs", "mean", "± std", "min", "max", "vs trainable"]
-        .map(String::from);
+    let header = [
+        "share of training set",
+        "depthwise mode",
+        "runs",
+        "mean",
+        "± std",
+        "min",
+        "max",
+        "vs trainable",
+        "paired vs trainable (95% CI)",
+    ]
+    .map(String::from);
     let rows: Vec<Vec<String>> = exp
         .stats
         .iter()
@@ -612,6 +634,15 @@ fn small_data(dir: &Path) -> Result<Option<Section>> {
                 format!("{:.2}", 100.0 * a.min),
                 format!("{:.2}", 100.0 * a.max),
                 format!("{:+.2}", 100.0 * a.vs_trainable),
+                a.paired.as_ref().map_or("".into(), |p| {
+                    format!(
+                        "{:+.2} ({:+.2} to {:+.2}; {} seeds)",
+                        100.0 * p.mean,
+                        100.0 * p.low,
+                        100.0 * p.high,
+                        p.pairs
+                    )
+                }),
             ]
         })
         .collect();

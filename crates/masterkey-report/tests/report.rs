@@ -80,7 +80,8 @@ fn results_folder(dir: &Path) -> FitRecord {
             {"arm": "trainable", "fraction": 0.01, "runs": 2, "mean": 0.7012, "std": 0.01, "min": 0.69, "max": 0.71,
              "vs_trainable": 0.0, "mean_curve": [0.6, 0.7012]},
             {"arm": "frozen/round-robin", "fraction": 0.01, "runs": 2, "mean": 0.7234, "std": 0.02, "min": 0.70, "max": 0.74,
-             "vs_trainable": 0.0222, "mean_curve": [0.65, 0.7234]}
+             "vs_trainable": 0.0222, "paired": {"pairs": 2, "mean": 0.0222, "low": -0.01, "high": 0.0544},
+             "mean_curve": [0.65, 0.7234]}
         ],
         "runs": []
     });
@@ -145,6 +146,7 @@ fn report_has_its_sections_images_and_numbers() {
     assert!(html.contains("final test accuracy 82.00%"));
     assert!(html.contains("<td>frozen/round-robin</td>") && html.contains("<td class=\"num\">72.34</td>"));
     assert!(html.contains("<td class=\"num\">+2.22</td>"));
+    assert!(html.contains("+2.22 (-1.00 to +5.44; 2 seeds)"), "paired difference with its interval");
     assert!(html.contains("mean matched |cos|"));
 
     // Numbers: the coverage table shows what fit.json holds.

@@ -141,6 +141,10 @@ impl DwPlan {
         let taps = kernel * kernel;
         // Every mode keeps a trainable bias, drawn as the model's layers draw theirs.
         let bias = param(init.bias(channels, taps, rng), [channels], device);
+        // Filters come from a stream of their own, seeded by one draw in every
+        // mode: the model's other weights are then the same in every mode for
+        // a seed, so modes can be compared seed by seed.
+        let rng = &mut SplitMix::new(rng.next_u64());
         let shape = [channels, 1, kernel, kernel];
         match self.mode {
             DwMode::Trainable => {

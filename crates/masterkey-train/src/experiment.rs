@@ -120,6 +120,9 @@ pub struct ArmStats {
     pub max: f64,
     /// Mean minus the trainable arm's mean at the same fraction.
     pub vs_trainable: f64,
+    /// This arm minus trainable seed by seed (a seed gives every arm the same
+    /// non-DW weights, subset and batches), where both ran at least two seeds.
+    pub paired: Option<PairedDifference>,
     pub mean_curve: Vec<Option<f64>>,
 }
 
@@ -228,6 +231,34 @@ fn read_curve(path: &Path) -> Result<Vec<Option<f64>>> {
         .collect()
 }
 
+/// The mean of per-seed differences with its 95% Student t interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PairedDifference {
+    pub pairs: usize,
+    pub mean: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// Two-sided 95% quantiles of Student's t for 1..=30 degrees of freedom.
+const T_975: [f64; 30] = [
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120,
+    2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+];
+
+/// `None` below two pairs (no spread to estimate).
+pub fn paired_difference(diffs: &[f64]) -> Option<PairedDifference> {
+    let n = diffs.len();
+    if n < 2 {
+        return None;
+    }
+    let mean = diffs.iter().sum::<f64>() / n as f64;
+    let sd = (diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+    let t = T_975.get(n - 2).copied().unwrap_or(1.96);
+    let half = t * sd / (n as f64).sqrt();
+    Some(PairedDifference { pairs: n, mean, low: mean - half, high: mean + half })
+}
+
 fn summarise(runs: &[RunResult], arms: &[Arm], fractions: &[f64]) -> Vec<ArmStats> {
     let mut stats = Vec::new();
     for &fraction in fractions {
@@ -246,6 +277,11 @@ fn summarise(runs: &[RunResult], arms: &[Arm], fractions: &[f64]) -> Vec<ArmStat
             if arm.mode == DwMode::Trainable {
                 trainable_mean = Some(mean);
             }
+            let trainable_at =
+                |seed| runs.iter().find(|r| r.fraction == fraction && r.seed == seed && r.arm == "trainable");
+            let diffs: Vec<f64> =
+                mine.iter().filter_map(|r| trainable_at(r.seed).map(|t| r.test_accuracy - t.test_accuracy)).collect();
+            let paired = if arm.mode == DwMode::Trainable { None } else { paired_difference(&diffs) };
             let epochs = mine.iter().map(|r| r.curve.len()).min().unwrap_or(0);
             let mean_curve =
                 (0..epochs).map(|e| mine.iter().map(|r| r.curve[e]).sum::<Option<f64>>().map(|sum| sum / n)).collect();
@@ -258,6 +294,7 @@ fn summarise(runs: &[RunResult], arms: &[Arm], fractions: &[f64]) -> Vec<ArmStat
                 min: acc.iter().copied().fold(f64::INFINITY, f64::min),
                 max: acc.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                 vs_trainable: trainable_mean.map_or(f64::NAN, |t| mean - t),
+                paired,
                 mean_curve,
             });
         }
@@ -284,7 +321,7 @@ pub fn markdown(report: &ExperimentReport) -> String {
     let _ = writeln!(
         md,
         "Test accuracy (%) on {}, {}, batch {}, peak lr {}, layer-scale init {}; budget per share of the training set: {}; \
-         mean ± sample std over seeds {:?} (difference to trainable in brackets). {:.0} s of training summed over the runs (evaluation \
+         mean ± sample std over seeds {:?} (in brackets: the mean of the per-seed differences to trainable, with its 95% t interval where there are two seeds or more). {:.0} s of training summed over the runs (evaluation \
          not included); this call {:.0} s.\n",
         report.dataset,
         report.model,
@@ -319,10 +356,10 @@ pub fn markdown(report: &ExperimentReport) -> String {
     for (arm, cells) in by_arm.values() {
         let _ = write!(md, "| {arm} |");
         for s in cells {
-            let diff = if s.vs_trainable.is_nan() || s.arm == "trainable" {
-                String::new()
-            } else {
-                format!(" ({:+.2})", 100.0 * s.vs_trainable)
+            let diff = match s.paired {
+                Some(p) => format!(" ({:+.2}, 95% CI {:+.2} to {:+.2})", 100.0 * p.mean, 100.0 * p.low, 100.0 * p.high),
+                None if s.vs_trainable.is_nan() || s.arm == "trainable" => String::new(),
+                None => format!(" ({:+.2})", 100.0 * s.vs_trainable),
             };
             // One run has no spread to show.
             let spread = if s.runs > 1 { format!(" ± {:.2}", 100.0 * s.std) } else { " (1 seed)".into() };
@@ -415,6 +452,15 @@ mod tests {
     use crate::train::Quiet;
 
     #[test]
+    fn paired_differences_get_a_student_t_interval() {
+        let p = paired_difference(&[1.0, 2.0, 3.0]).unwrap();
+        // Mean 2, sample sd 1, t(0.975, 2 df) = 4.303.
+        assert_eq!((p.pairs, p.mean), (3, 2.0));
+        assert!((p.high - (2.0 + 4.303 / 3f64.sqrt())).abs() < 1e-9 && (p.low + p.high - 4.0).abs() < 1e-9);
+        assert_eq!(paired_difference(&[0.5]), None);
+    }
+
+    #[test]
     fn an_experiment_trains_each_arm_reads_finished_runs_back_and_reports() {
         let data = tiny_data(90);
         let template =
@@ -439,6 +485,16 @@ mod tests {
         assert_eq!(frozen.runs, 1);
         let trainable = report.stats.iter().find(|s| s.arm == "trainable" && s.fraction == 1.0).unwrap();
         assert!((frozen.vs_trainable - (frozen.mean - trainable.mean)).abs() < 1e-12);
+        assert_eq!(frozen.paired, None, "one seed: no interval");
+        let half = report.stats.iter().find(|s| s.arm == "frozen (from-checkpoint)" && s.fraction == 0.5).unwrap();
+        let paired = half.paired.expect("two seeds at 50%");
+        let at = |arm: &str, seed| {
+            report.runs.iter().find(|r| r.arm == arm && r.seed == seed && r.fraction == 0.5).unwrap().test_accuracy
+        };
+        let diffs = [1, 2].map(|seed| at("frozen (from-checkpoint)", seed) - at("trainable", seed));
+        assert_eq!(paired.pairs, 2);
+        assert!((paired.mean - (diffs[0] + diffs[1]) / 2.0).abs() < 1e-12);
+        assert!(paired.low <= paired.mean && paired.mean <= paired.high);
 
         // A second call finds every run finished and only reads it back.
         let again = run_experiment::<Ad>(&template, &data, &arms, &shares, &[1, 2], dir.path(), &mut Quiet).unwrap();
@@ -456,6 +512,7 @@ mod tests {
             "{md}"
         );
         assert!(md.lines().any(|l| l.starts_with("| frozen (from-checkpoint) |") && l.contains(" ± ")), "{md}");
+        assert!(md.contains("95% CI"), "{md}");
         let svg = std::fs::read_to_string(dir.path().join("curves-1.svg")).unwrap();
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert_eq!(svg.matches("<circle").count(), 2 * 1, "one evaluated epoch per arm at 100%");

@@ -202,6 +202,27 @@ mod tests {
     }
 
     #[test]
+    fn a_seed_gives_every_dw_mode_the_same_other_weights() {
+        use crate::state_dict::state_dict;
+        let device = Default::default();
+        let mut spec = ModelSpec::named("convnext-atto", 1, 10, true).unwrap();
+        (spec.depths, spec.dims, spec.init) = (vec![1, 1], vec![8, 16], Some(InitScheme::Pytorch));
+        let weights = |mode| {
+            let plan = DwPlan { mode, ..DwPlan::trainable(Bank::published8()) };
+            state_dict(&Network::<Cpu>::new(&spec, &plan, 5, &device)).unwrap()
+        };
+        let trainable = weights(DwMode::Trainable);
+        for mode in [DwMode::Frozen, DwMode::BankInit, DwMode::RandomFrozen] {
+            let other = weights(mode);
+            for (name, tensor) in &trainable {
+                if !name.contains(".dw.weight") {
+                    assert_eq!(other.get(name), Some(tensor), "{mode}: {name} differs from trainable's");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_model_maps_small_and_large_images_to_logits_in_every_mode() {
         let device = Default::default();
         for mode in [DwMode::Trainable, DwMode::Frozen, DwMode::RandomFrozen] {
