@@ -11,6 +11,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::linear_op::{linear, LinearBackend};
 use crate::norm_op::{layer_norm, LayerNormBackend};
+use crate::patch_op::{patches, PatchBackend};
 use crate::rng::SplitMix;
 
 /// A trainable parameter holding `values`.
@@ -149,7 +150,7 @@ impl<B: Backend> Conv<B> {
     }
 }
 
-impl<B: LinearBackend> Conv<B> {
+impl<B: LinearBackend + PatchBackend> Conv<B> {
     /// A patchify convolution (stride = kernel, no padding, as ConvNeXt's
     /// stems and downsampling layers) on `[N, H, W, C]` in and out, as one
     /// matrix product of the `k*k*C` patches with the weight: the output is
@@ -162,15 +163,14 @@ impl<B: LinearBackend> Conv<B> {
         let [out, _, k, _] = self.weight.dims();
         debug_assert!(self.stride == k && self.padding == 0, "not a patchify convolution");
         let (oh, ow) = (h / k, w / k);
-        let x = if (oh * k, ow * k) == (h, w) { x } else { x.slice([0..n, 0..oh * k, 0..ow * k, 0..c]) };
-        let patches = x.reshape([n, oh, k, ow, k, c]).permute([0, 1, 3, 2, 4, 5]).reshape([n * oh * ow, k * k * c]);
+        let rows = patches(x, k);
         // [out, in, ky, kx] -> [ky, kx, in] x out, the patches' order.
         let weight = self.weight.val().permute([2, 3, 1, 0]).reshape([k * k * c, out]);
         let bias = match &self.bias {
             Some(b) => b.val(),
-            None => Tensor::zeros([out], &patches.device()),
+            None => Tensor::zeros([out], &rows.device()),
         };
-        linear(patches, weight, bias).reshape([n, oh, ow, out])
+        linear(rows, weight, bias).reshape([n, oh, ow, out])
     }
 }
 

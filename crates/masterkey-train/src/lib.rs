@@ -20,6 +20,7 @@ pub mod linear_op;
 pub mod models;
 pub mod norm_op;
 pub mod optim;
+pub mod patch_op;
 pub mod rng;
 pub mod state_dict;
 pub mod train;
@@ -30,15 +31,23 @@ mod testing;
 use burn::tensor::backend::AutodiffBackend;
 
 /// What the models need of a backend: burn's operations plus this crate's
-/// depthwise convolution, GELU, LayerNorm and linear layer (backend
-/// extensions with fast CPU kernels).
+/// depthwise convolution, GELU, LayerNorm, linear layer and patch gathering
+/// (backend extensions with fast CPU kernels).
 pub trait ModelBackend:
-    dw_op::DepthwiseBackend + gelu_op::GeluBackend + norm_op::LayerNormBackend + linear_op::LinearBackend
+    dw_op::DepthwiseBackend
+    + gelu_op::GeluBackend
+    + norm_op::LayerNormBackend
+    + linear_op::LinearBackend
+    + patch_op::PatchBackend
 {
 }
 
 impl<B> ModelBackend for B where
-    B: dw_op::DepthwiseBackend + gelu_op::GeluBackend + norm_op::LayerNormBackend + linear_op::LinearBackend
+    B: dw_op::DepthwiseBackend
+        + gelu_op::GeluBackend
+        + norm_op::LayerNormBackend
+        + linear_op::LinearBackend
+        + patch_op::PatchBackend
 {
 }
 
