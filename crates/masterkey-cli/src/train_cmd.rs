@@ -186,9 +186,7 @@ impl TrainArgs {
         if let Some(w) = self.width_mult {
             model.width_mult = w;
         }
-        if self.init.is_some() {
-            model.init = self.init;
-        }
+        model.init = self.init;
         if let Some(k) = self.dw_kernel {
             if k % 2 == 0 {
                 bail!("--dw-kernel must be odd, got {k}");
