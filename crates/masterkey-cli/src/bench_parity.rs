@@ -20,8 +20,9 @@ use anyhow::{bail, Context, Result};
 use masterkey_core::{atomic, Bank};
 use masterkey_train::data::idx::split_files;
 use masterkey_train::data::loader::epoch_order;
-use masterkey_train::data::{fashion_mnist_files, stratified_subset, DataKind, DataSpec, Dataset};
-use masterkey_train::dw::{AssignmentKind, DwMode};
+use masterkey_train::data::{stratified_subset, DataKind, DataSpec, Dataset};
+use masterkey_train::dw::DwMode;
+use masterkey_train::experiment::mean_and_sample_std;
 use masterkey_train::models::{InitScheme, ModelSpec, Network};
 use masterkey_train::train::{
     dw_plan, evaluate, load_trained, train, DwSettings, Observer, Outcome, RunOptions, StepReport, TrainConfig,
@@ -35,6 +36,8 @@ use crate::train_cmd::{fetch_data, Bars};
 use crate::ui;
 
 const SCRIPT: &str = include_str!("bench_parity.py");
+/// The recipe's batch size.
+const BATCH: usize = 128;
 
 #[derive(clap::Args)]
 pub struct ParityArgs {
@@ -76,25 +79,14 @@ fn recipe(args: &ParityArgs, mode: DwMode, seed: u64, augment: bool) -> Result<T
     Ok(TrainConfig {
         model,
         data: DataSpec {
-            kind: DataKind::FashionMnist,
-            path: None,
-            image_size: None,
             fraction: args.fraction,
-            subset_seed: 0,
             augment,
             crop_padding: Some(2),
+            ..DataSpec::whole(DataKind::FashionMnist)
         },
-        dw: DwSettings {
-            mode,
-            bank: "published8".into(),
-            assignment: AssignmentKind::RoundRobin,
-            learn_scale: false,
-            init_norm: None,
-            freeze_after: 1,
-            source_checkpoint: None,
-        },
+        dw: DwSettings::new(mode),
         epochs: args.epochs,
-        batch_size: 128,
+        batch_size: BATCH,
         lr: 2e-3,
         min_lr: 0.0,
         weight_decay: 0.05,
@@ -149,24 +141,41 @@ pub fn run(args: ParityArgs) -> Result<()> {
         bail!("bench parity needs at least one mode, one seed, one step and one epoch");
     }
     let spec = recipe(&args, args.modes[0], args.seeds[0], false)?.data;
-    let data = Dataset::load(&spec, fetch_data)?;
-    let data_dir = fashion_mnist_files(&masterkey_fetch::ensure_deb(&masterkey_fetch::FASHION_MNIST)?);
+    // The folder the PyTorch side reads the same files from.
+    let data_dir = fetch_data(spec.kind)?;
+    let data = Dataset::load(&spec, |_| Ok(data_dir.clone()))?;
+    let subset = stratified_subset(data.train.labels(), spec.fraction, spec.subset_seed);
     let bank = Bank::published8();
     std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
-    curves(&args, &data, &data_dir, &bank)?;
+    let recipe_data = RecipeData { data: &data, dir: &data_dir, subset: &subset, bank: &bank };
+    curves(&args, &recipe_data)?;
     if args.full {
-        full(&args, &data, &data_dir, &bank)?;
+        full(&args, &recipe_data)?;
     }
     Ok(())
 }
 
-fn curves(args: &ParityArgs, data: &Dataset, data_dir: &Path, bank: &Bank) -> Result<()> {
+/// What every run of the benchmark shares: the data, where the PyTorch side
+/// reads it, the training subset and the bank.
+struct RecipeData<'a> {
+    data: &'a Dataset,
+    dir: &'a Path,
+    subset: &'a [usize],
+    bank: &'a Bank,
+}
+
+impl RecipeData<'_> {
+    fn steps_per_epoch(&self) -> usize {
+        self.subset.len().div_ceil(BATCH)
+    }
+}
+
+fn curves(args: &ParityArgs, r: &RecipeData) -> Result<()> {
+    let (data, bank, subset, per_epoch) = (r.data, r.bank, r.subset, r.steps_per_epoch());
     let seed = args.seeds[0];
     let work = tempfile::tempdir()?;
-    let subset = stratified_subset(data.train.labels(), args.fraction, 0);
-    let per_epoch = subset.len().div_ceil(128);
     let batches: Vec<Vec<usize>> = (0..)
-        .flat_map(|epoch| epoch_order(&subset, seed, epoch).chunks(128).map(<[usize]>::to_vec).collect::<Vec<_>>())
+        .flat_map(|epoch| epoch_order(subset, seed, epoch).chunks(BATCH).map(<[usize]>::to_vec).collect::<Vec<_>>())
         .take(args.steps as usize)
         .collect();
     let (mut ours, mut runs) = (Vec::new(), Vec::new());
@@ -188,7 +197,7 @@ fn curves(args: &ParityArgs, data: &Dataset, data_dir: &Path, bank: &Bank) -> Re
         runs.push(run);
     }
     eprintln!("PyTorch: the same steps from the same weights");
-    let reply = run_torch_job(SCRIPT, work.path(), &job(data_dir, runs)?)?;
+    let reply = run_torch_job(SCRIPT, work.path(), &job(r.dir, runs)?)?;
     let theirs: Vec<Vec<f64>> =
         reply["runs"].as_array().context("no runs in the reference's reply")?.iter().map(|r| losses_of(r)).collect();
 
@@ -262,15 +271,8 @@ fn ours_full(config: &TrainConfig, data: &Dataset) -> Result<RunResult> {
     Ok(RunResult { accuracy: summary.test_accuracy, train_images_per_s: summary.train_images_per_s, eval_images_per_s })
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64;
-    (mean, var.sqrt())
-}
-
-fn full(args: &ParityArgs, data: &Dataset, data_dir: &Path, bank: &Bank) -> Result<()> {
-    let subset = stratified_subset(data.train.labels(), args.fraction, 0);
-    let per_epoch = subset.len().div_ceil(128);
+fn full(args: &ParityArgs, r: &RecipeData) -> Result<()> {
+    let (data, bank, subset, per_epoch) = (r.data, r.bank, r.subset, r.steps_per_epoch());
     let mut rows = Vec::new();
     let mut record = Vec::new();
     for &mode in &args.modes {
@@ -283,9 +285,9 @@ fn full(args: &ParityArgs, data: &Dataset, data_dir: &Path, bank: &Bank) -> Resu
             run["kind"] = json!("full");
             run["subset"] = json!(subset);
             let work = tempfile::tempdir()?;
-            let reply = run_torch_job(SCRIPT, work.path(), &job(data_dir, vec![run])?)?;
-            let r = &reply["runs"][0];
-            let number = |k: &str| r[k].as_f64().with_context(|| format!("no {k} in the reference's reply"));
+            let reply = run_torch_job(SCRIPT, work.path(), &job(r.dir, vec![run])?)?;
+            let reply = &reply["runs"][0];
+            let number = |k: &str| reply[k].as_f64().with_context(|| format!("no {k} in the reference's reply"));
             let t = RunResult {
                 accuracy: number("test_accuracy")?,
                 train_images_per_s: number("train_images_per_s")?,
@@ -326,7 +328,7 @@ fn full(args: &ParityArgs, data: &Dataset, data_dir: &Path, bank: &Bank) -> Resu
         "eval img/s (ours / theirs, median)",
     ]);
     for (mode, ours, theirs) in &rows {
-        let acc = |v: &[RunResult]| mean_std(&v.iter().map(|r| 100.0 * r.accuracy).collect::<Vec<_>>());
+        let acc = |v: &[RunResult]| mean_and_sample_std(&v.iter().map(|r| 100.0 * r.accuracy).collect::<Vec<_>>());
         let (a, sa) = acc(ours);
         let (b, sb) = acc(theirs);
         let speed = |v: &[RunResult], f: fn(&RunResult) -> f64| median(v.iter().map(f).collect());

@@ -231,6 +231,16 @@ fn read_curve(path: &Path) -> Result<Vec<Option<f64>>> {
         .collect()
 }
 
+/// Mean and sample standard deviation (0 for a single value).
+pub fn mean_and_sample_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, 0.0);
+    }
+    (mean, (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt())
+}
+
 /// The mean of per-seed differences with its 95% Student t interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct PairedDifference {
@@ -252,8 +262,7 @@ pub fn paired_difference(diffs: &[f64]) -> Option<PairedDifference> {
     if n < 2 {
         return None;
     }
-    let mean = diffs.iter().sum::<f64>() / n as f64;
-    let sd = (diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+    let (mean, sd) = mean_and_sample_std(diffs);
     let t = T_975.get(n - 2).copied().unwrap_or(1.96);
     let half = t * sd / (n as f64).sqrt();
     Some(PairedDifference { pairs: n, mean, low: mean - half, high: mean + half })
@@ -268,12 +277,7 @@ fn summarise(runs: &[RunResult], arms: &[Arm], fractions: &[f64]) -> Vec<ArmStat
                 runs.iter().filter(|r| r.fraction == fraction && r.arm == arm.label()).collect();
             let acc: Vec<f64> = mine.iter().map(|r| r.test_accuracy).collect();
             let n = acc.len() as f64;
-            let mean = acc.iter().sum::<f64>() / n;
-            let std = if acc.len() > 1 {
-                (acc.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-            } else {
-                0.0
-            };
+            let (mean, std) = mean_and_sample_std(&acc);
             if arm.mode == DwMode::Trainable {
                 trainable_mean = Some(mean);
             }

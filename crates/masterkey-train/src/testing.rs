@@ -30,24 +30,8 @@ pub fn tiny_config(mode: DwMode, assignment: AssignmentKind) -> TrainConfig {
     model.dims = vec![16];
     TrainConfig {
         model,
-        data: DataSpec {
-            kind: DataKind::Idx,
-            path: None,
-            image_size: None,
-            fraction: 1.0,
-            subset_seed: 0,
-            augment: false,
-            crop_padding: None,
-        },
-        dw: DwSettings {
-            mode,
-            bank: "published8".into(),
-            assignment,
-            learn_scale: false,
-            init_norm: None,
-            freeze_after: 1,
-            source_checkpoint: None,
-        },
+        data: DataSpec::whole(DataKind::Idx),
+        dw: DwSettings { assignment, ..DwSettings::new(mode) },
         epochs: 6,
         batch_size: 16,
         lr: 1e-2,

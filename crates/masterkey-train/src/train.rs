@@ -46,6 +46,22 @@ pub struct DwSettings {
     pub source_checkpoint: Option<PathBuf>,
 }
 
+impl DwSettings {
+    /// `mode` with the published 8 keys, assigned round-robin, without a
+    /// learned scale or rescaled initial filters.
+    pub fn new(mode: DwMode) -> Self {
+        DwSettings {
+            mode,
+            bank: "published8".into(),
+            assignment: AssignmentKind::RoundRobin,
+            learn_scale: false,
+            init_norm: None,
+            freeze_after: 1,
+            source_checkpoint: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub model: ModelSpec,

@@ -204,7 +204,6 @@ pub fn run_universality<B: ModelAutodiffBackend>(
 mod tests {
     use super::*;
     use masterkey_train::data::{synthetic, DataKind, DataSpec, Normalisation, Split};
-    use masterkey_train::dw::AssignmentKind;
     use masterkey_train::models::ModelSpec;
     use masterkey_train::train::{DwSettings, Quiet, DW_SNAPSHOT_DIR};
 
@@ -224,24 +223,9 @@ mod tests {
         model.dims = vec![16];
         let config = TrainConfig {
             model,
-            data: DataSpec {
-                kind: DataKind::Idx,
-                path: None,
-                image_size: None,
-                fraction: 1.0,
-                subset_seed: 0,
-                augment: false,
-                crop_padding: None,
-            },
-            dw: DwSettings {
-                mode: DwMode::Frozen, // the experiment makes it trainable
-                bank: "published8".into(),
-                assignment: AssignmentKind::RoundRobin,
-                learn_scale: false,
-                init_norm: None,
-                freeze_after: 1,
-                source_checkpoint: None,
-            },
+            data: DataSpec::whole(DataKind::Idx),
+            // The experiment makes it trainable.
+            dw: DwSettings::new(DwMode::Frozen),
             epochs: 2,
             batch_size: 16,
             lr: 1e-2,

@@ -117,6 +117,19 @@ fn padding_before_it_was_a_setting() -> Option<usize> {
 }
 
 impl DataSpec {
+    /// All of `kind`'s training set at its own size, not augmented.
+    pub fn whole(kind: DataKind) -> Self {
+        DataSpec {
+            kind,
+            path: None,
+            image_size: None,
+            fraction: 1.0,
+            subset_seed: 0,
+            augment: false,
+            crop_padding: None,
+        }
+    }
+
     /// The crop padding used for images `side` pixels wide.
     pub fn crop_padding_for(&self, side: usize) -> usize {
         self.crop_padding.unwrap_or(if side < 32 { 2 } else { 4 })
@@ -380,15 +393,7 @@ mod tests {
 
     #[test]
     fn crop_padding_defaults_by_image_size_and_old_settings_keep_4_px() {
-        let spec = DataSpec {
-            kind: DataKind::FashionMnist,
-            path: None,
-            image_size: None,
-            fraction: 1.0,
-            subset_seed: 0,
-            augment: true,
-            crop_padding: None,
-        };
+        let spec = DataSpec { augment: true, ..DataSpec::whole(DataKind::FashionMnist) };
         assert_eq!((spec.crop_padding_for(28), spec.crop_padding_for(32)), (2, 4));
         let mut old = serde_json::to_value(&spec).unwrap();
         old.as_object_mut().unwrap().remove("crop_padding");
