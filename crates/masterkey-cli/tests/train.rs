@@ -133,3 +133,37 @@ fn bad_data_and_settings_are_named() {
     let out = masterkey(&["eval", "--checkpoint", missing.to_str().unwrap()]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing-here"));
 }
+
+/// The experiments write where `-o` says and refuse the options of `train`
+/// they set per run themselves, rather than accept and ignore them.
+#[test]
+fn experiments_take_their_output_folder_and_refuse_per_run_options() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic::write_idx_folder(dir.path(), 40, 20, 16, 1).unwrap();
+    let (data, out) = (dir.path().to_str().unwrap(), dir.path().join("grid"));
+    let arms = "trainable,frozen (round-robin)";
+    let mut args = vec!["experiment", "small-data", "--dataset", "idx", "--data", data, "--depths", "1,1"];
+    args.extend(["--dims", "8,16", "--fractions", "0.5:1", "--seeds", "0", "--arms", arms, "--batch-size", "16"]);
+    args.extend(["-o", out.to_str().unwrap(), "--json"]);
+    let v = last_json(&masterkey(&args).current_dir(dir.path()).output().unwrap());
+    assert_eq!(v["runs"].as_array().unwrap().len(), 2);
+    assert!(out.join("results.json").is_file() && out.join("runs/fraction-0.5/seed-0/trainable").is_dir());
+    assert!(!dir.path().join("results").exists(), "nothing written to the default folder");
+
+    let refused = |experiment: &str, option: &[&str]| {
+        let mut args = vec!["experiment", experiment];
+        args.extend(option);
+        let out = masterkey(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(&format!("unexpected argument '{}'", option[0])), "{err}");
+    };
+    for option in [["--seed", "3"], ["--fraction", "0.1"], ["--dw-mode", "frozen"], ["--assignment", "random"]] {
+        refused("small-data", &option);
+        refused("universality", &option);
+    }
+    for option in [["--dataset", "mnist-5k"], ["--bank", "published8"], ["--freeze-after", "2"]] {
+        refused("universality", &option);
+    }
+    refused("small-data", &["--resume"]);
+    refused("universality", &["--halt-after-steps", "3"]);
+}

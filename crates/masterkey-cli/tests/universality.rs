@@ -29,7 +29,7 @@ fn universality_trains_on_lfw_snapshots_every_epoch_and_writes_its_results() {
         "32",
         "--autoencoder-steps",
         "50",
-        "--results",
+        "-o",
         results.to_str().unwrap(),
         "--json",
     ];
