@@ -3,7 +3,7 @@
 //! A bank file is safetensors with one f32 tensor `keys` `[K, H, W]` and, in
 //! the header metadata, `name`, `source`, `licence` and `labels` (a JSON list).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
@@ -172,14 +172,14 @@ impl Bank {
         let data = f32_bytes(&self.keys);
         let view = TensorView::new(Dtype::F32, vec![self.len(), self.kernel.h, self.kernel.w], &data)
             .map_err(|e| Error::Other(format!("bank tensor: {e}")))?;
-        let meta: HashMap<String, String> = [
+        let meta: BTreeMap<String, String> = [
             ("name".to_string(), self.name.clone()),
             ("source".to_string(), self.source.clone()),
             ("licence".to_string(), self.licence.clone()),
             ("labels".to_string(), serde_json::to_string(&self.labels).expect("labels serialise")),
         ]
         .into();
-        let bytes = safetensors::serialize(vec![("keys", view)], Some(meta))
+        let bytes = crate::safetensors_out::serialize_sorted(vec![("keys", view)], Some(meta))
             .map_err(|e| Error::invalid(path, format!("writing bank: {e}")))?;
         atomic::write_file(path, &bytes)
     }

@@ -13,6 +13,7 @@ pub mod bank;
 pub mod error;
 pub mod fit;
 pub mod kernel;
+pub mod safetensors_out;
 pub mod layer;
 pub mod set;
 

@@ -4,7 +4,7 @@
 //! [`masterkey_core::RESIZE_RULE`]. A dead filter (centred norm below the
 //! tolerance) becomes its mean, which it already nearly is.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use masterkey_core::fit::fit_filters;
@@ -116,7 +116,7 @@ pub fn replace_model(model: &Path, bank: &Bank, dead_tolerance: f32, output: &Pa
             "expected depthwise weights ([C, 1, kh, kw] with a kernel larger than 1x1), found none",
         ));
     }
-    let metadata = HashMap::from([
+    let metadata = BTreeMap::from([
         ("masterkey".to_string(), "depthwise filters replaced by a*key+b".to_string()),
         ("source_model".to_string(), model.display().to_string()),
         ("bank".to_string(), bank.name.clone()),

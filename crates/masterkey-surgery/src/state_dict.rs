@@ -2,7 +2,7 @@
 //! network and the filter replacement work on this form, so a replaced model
 //! is the same dict with other depthwise values.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use masterkey_core::{atomic, DwLayer, Error, Result};
@@ -80,7 +80,7 @@ impl StateDict {
 
     /// Writes every tensor as f32 safetensors under its own name and shape
     /// (atomically), with `metadata` in the header.
-    pub fn save_safetensors(&self, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
+    pub fn save_safetensors(&self, path: &Path, metadata: BTreeMap<String, String>) -> Result<()> {
         let bytes: Vec<Vec<u8>> =
             self.tensors.iter().map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
         let views = self
@@ -93,7 +93,7 @@ impl StateDict {
                     .map_err(|e| Error::invalid(path, format!("tensor `{}`: {e}", t.name)))
             })
             .collect::<Result<Vec<_>>>()?;
-        let serialized = safetensors::serialize(views, Some(metadata))
+        let serialized = masterkey_core::safetensors_out::serialize_sorted(views, Some(metadata))
             .map_err(|e| Error::invalid(path, format!("writing safetensors: {e}")))?;
         atomic::write_file(path, &serialized)
     }
@@ -151,7 +151,7 @@ mod tests {
         let sd = sample();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.safetensors");
-        sd.save_safetensors(&path, HashMap::from([("bank".to_string(), "published8".to_string())])).unwrap();
+        sd.save_safetensors(&path, BTreeMap::from([("bank".to_string(), "published8".to_string())])).unwrap();
         let back = StateDict::read(&path).unwrap();
         for t in sd.tensors() {
             assert_eq!(back.get(&t.name, &t.shape).unwrap(), t.values.as_slice(), "{}", t.name);
