@@ -122,7 +122,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One line whatever the cause (a library's message may hold a trace).
+            eprintln!("error: {}", masterkey_core::one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -152,3 +152,47 @@ fn bank_show_draws_a_png_and_banks_round_trip_through_files() {
     assert_eq!(a["coverage"], b["coverage"]);
     assert_eq!(a["usage"], b["usage"]);
 }
+
+/// Real models of three formats (PyTorch zip, ONNX, TFLite), truncated or
+/// with bytes overwritten at seeded places: every run that fails exits with
+/// status 1 (no panic), prints one line naming the file and leaves no output.
+#[test]
+fn corrupt_real_models_fail_on_one_line_without_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize
+    };
+    let mut failures = 0;
+    for id in ["efficientnet-lite0", "ppocr-cls", "blazeface-tflite"] {
+        let model = real_model(id);
+        let original = std::fs::read(&model).unwrap();
+        for m in 0..30 {
+            let mut bytes = original.clone();
+            if m % 3 == 0 {
+                bytes.truncate(next() % bytes.len());
+            } else {
+                for _ in 0..8 {
+                    let at = next() % bytes.len();
+                    bytes[at] = next() as u8;
+                }
+            }
+            let file = dir.path().join(format!("{id}-mutant-{m}.{}", model.extension().unwrap().to_str().unwrap()));
+            std::fs::write(&file, &bytes).unwrap();
+            let out_dir = dir.path().join("out");
+            let out = masterkey(&["extract", file.to_str().unwrap(), "-o", out_dir.to_str().unwrap()]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() {
+                std::fs::remove_dir_all(&out_dir).unwrap();
+                continue;
+            }
+            failures += 1;
+            assert_eq!(out.status.code(), Some(1), "{}: {stderr}", file.display());
+            assert_eq!(stderr.trim_end().lines().count(), 1, "one-line error: {stderr}");
+            assert!(stderr.contains(file.file_name().unwrap().to_str().unwrap()), "{stderr}");
+            assert!(!out_dir.exists(), "no partial output for {}", file.display());
+        }
+    }
+    assert!(failures >= 30, "most mutants are refused ({failures} of 90)");
+}

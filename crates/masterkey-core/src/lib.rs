@@ -18,7 +18,7 @@ pub mod layer;
 pub mod set;
 
 pub use bank::{Bank, RESIZE_RULE};
-pub use error::{Error, Result};
+pub use error::{one_line, Error, Result};
 pub use fit::{fit_set, FilterFit, FitOptions, FitReport};
 pub use kernel::KernelSize;
 pub use layer::{DwLayer, ModelFilters};
