@@ -68,3 +68,14 @@ fn analysis_commands_write_the_same_bytes_twice() {
     let report = at("report.html");
     same_bytes_twice(&["report", &s(&results), "-o", &s(&report)], &[&report]);
 }
+
+/// The main job on its real default models (fetched once into the cache).
+#[test]
+fn demo_writes_the_same_bytes_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    same_bytes_twice(&["demo", "-o", results.to_str().unwrap()], &[&results]);
+    for part in ["fit", "filters", "search", "scalespace", "report.html", "bank_published8.png"] {
+        assert!(results.join(part).exists(), "{part}");
+    }
+}
