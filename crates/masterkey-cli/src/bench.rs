@@ -31,6 +31,9 @@ pub enum BenchCommand {
         repeats: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Print one JSON object on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Depthwise convolution (forward, and forward + backward with trainable or frozen filters) against
     /// PyTorch's grouped convolution, NCHW and channels-last.
@@ -73,7 +76,7 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Fit { filters, repeats, seed } => bench_fit(filters, repeats.max(1), seed),
+        BenchCommand::Fit { filters, repeats, seed, json } => bench_fit(filters, repeats.max(1), seed, json),
         BenchCommand::Dw { shape, kernel, repeats } => {
             let Ok(shape) = <[usize; 4]>::try_from(shape.as_slice()) else {
                 bail!("--shape takes NxCxHxW, found {} numbers", shape.len());
@@ -186,7 +189,7 @@ pub(crate) fn run_torch_job(script: &str, dir: &Path, job: &serde_json::Value) -
     serde_json::from_slice(&output.stdout).context("reading the PyTorch reference's output")
 }
 
-fn bench_fit(n: usize, repeats: usize, seed: u64) -> Result<()> {
+fn bench_fit(n: usize, repeats: usize, seed: u64, json: bool) -> Result<()> {
     let bank = Bank::published8();
     let taps = bank.kernel.taps();
     eprintln!("generating {n} random {} filters (seed {seed})", bank.kernel);
@@ -224,6 +227,12 @@ fn bench_fit(n: usize, repeats: usize, seed: u64) -> Result<()> {
 
     let (rust_s, numpy_s) = (median(rust_times), median(numpy_times));
     let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
+    if json {
+        return crate::print_json(&serde_json::json!({
+            "filters": n, "kernel": bank.kernel.to_string(), "keys": bank.len(), "repeats": repeats, "cores": threads,
+            "masterkey_median_s": rust_s, "numpy_median_s": numpy_s, "best_key_agreement": agree,
+        }));
+    }
     println!(
         "bench fit: {n} random {} filters, {} keys (published8), median of {repeats} runs, {threads} cores",
         bank.kernel,

@@ -4,8 +4,8 @@ use anyhow::{bail, Result};
 use masterkey_core::{FitOptions, KernelSize};
 use masterkey_search::filters::{pick_group, NormalisedFilters};
 use masterkey_search::{
-    search, AutoencoderOptions, CoverageCurve, FitObjective, KChoice, KMeansOptions, KeyUsage, Method, Scorer,
-    SearchOptions, SearchOutcome,
+    search, AutoencoderOptions, FitObjective, KChoice, KMeansOptions, Method, Scorer, SearchOptions, SearchOutcome,
+    SearchSummary,
 };
 use masterkey_surgery::{Cpu, ImageSet, Probe, ProbeScorer, StateDict};
 use serde::Serialize;
@@ -125,26 +125,11 @@ fn probe_scorer(model: &str, kernel: KernelSize, views: usize, seed: u64) -> Res
 }
 
 #[derive(Serialize)]
-struct BankSummary<'a> {
-    name: &'a str,
-    kernel: String,
-    labels: &'a [String],
-    source: &'a str,
-    licence: &'a str,
-}
-
-#[derive(Serialize)]
 struct SearchOutput<'a> {
-    inputs: Vec<String>,
-    method: &'a str,
-    kernel: String,
-    k: usize,
-    k_rule: &'a str,
-    bank: BankSummary<'a>,
+    #[serde(flatten)]
+    summary: SearchSummary<'a>,
     bank_file: Option<String>,
     curve_file: Option<String>,
-    usage: &'a [KeyUsage],
-    curve: &'a CoverageCurve,
 }
 
 /// `<bank>.curve.json` beside the bank file.
@@ -219,22 +204,14 @@ pub fn run(args: Args) -> Result<()> {
     let bank = &outcome.bank;
     if args.json {
         return print_json(&SearchOutput {
-            inputs: args.inputs.iter().map(|p| p.display().to_string()).collect(),
-            method: options.method.name(),
-            kernel: filters.kernel.to_string(),
-            k: bank.len(),
-            k_rule: outcome.k_rule,
-            bank: BankSummary {
-                name: &bank.name,
-                kernel: bank.kernel.to_string(),
-                labels: &bank.labels,
-                source: &bank.source,
-                licence: &bank.licence,
-            },
+            summary: SearchSummary::new(
+                args.inputs.iter().map(|p| p.display().to_string()).collect(),
+                &options.method,
+                &filters,
+                &outcome,
+            ),
             bank_file: args.output.as_ref().map(|p| p.display().to_string()),
             curve_file: curve_file.as_ref().map(|p| p.display().to_string()),
-            usage: &outcome.usage,
-            curve: &outcome.curve,
         });
     }
 

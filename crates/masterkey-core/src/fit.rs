@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::bank::{Bank, RESIZE_RULE};
-use crate::kernel::KernelSize;
+use crate::kernel::{is_dead, mean_and_centered_norm, KernelSize};
 use crate::set::FilterSet;
 
 /// The fit of one filter. `key` is `None` for dead filters.
@@ -47,10 +47,27 @@ impl TapMajorKeys {
         TapMajorKeys { taps, keys: n, blocks, data }
     }
 
+    /// Mean and centred sum of squares of `y`, in f32.
     #[inline(always)]
-    fn fit(&self, y: &[f32], dot: &mut [f32]) -> FilterFit {
+    fn stats(&self, y: &[f32]) -> (f32, f32) {
         let mean = lane_sum(y, |v| v) / self.taps as f32;
-        let ss = lane_sum(y, |v| (v - mean) * (v - mean));
+        (mean, lane_sum(y, |v| (v - mean) * (v - mean)))
+    }
+
+    /// Whether `y` is dead by [`is_dead`]'s exact (f64) test. The f32
+    /// statistics decide where they can: rounding moves the f32 mean by at
+    /// most `u * sum|v|` (`u = 2^-24`), so the f32 centred norm of a filter
+    /// whose exact norm is below `tolerance` stays below
+    /// `(1 + n u) (tolerance + sqrt(n) u sum|v|)`; twice that with `2u` is
+    /// a safe margin, above which the filter is alive for certain.
+    #[inline(always)]
+    fn is_dead_below(&self, y: &[f32], ss: f32, tolerance: f32) -> bool {
+        let margin = 2.0 * (tolerance + (self.taps as f32).sqrt() * f32::EPSILON * lane_sum(y, f32::abs));
+        ss.sqrt() < margin && is_dead(mean_and_centered_norm(y).1, tolerance)
+    }
+
+    #[inline(always)]
+    fn fit(&self, y: &[f32], (mean, ss): (f32, f32), dot: &mut [f32]) -> FilterFit {
         for (block, out) in dot.chunks_exact_mut(LANES).enumerate() {
             let keys = &self.data[block * self.taps * LANES..(block + 1) * self.taps * LANES];
             let mut acc = [0.0f32; LANES];
@@ -72,14 +89,22 @@ impl TapMajorKeys {
         FilterFit { key: Some(best as u16), a: dot[best], b: mean, abs_cos: (best_abs / norm).min(1.0) }
     }
 
+    /// Fits a chunk of filters; with [`Dead::Flags`], `dead` holds the
+    /// chunk's own flags. The dead check of [`Dead::Below`] runs here, so it
+    /// is compiled (and vectorised) with the fit.
     #[inline(always)]
-    fn fit_chunk(&self, weights: &[f32], dead: &[bool], fits: &mut [FilterFit]) {
+    fn fit_chunk(&self, weights: &[f32], dead: Dead, fits: &mut [FilterFit]) {
         let mut dot = vec![0.0f32; self.blocks * LANES];
-        for ((fit, y), &dead) in fits.iter_mut().zip(weights.chunks_exact(self.taps)).zip(dead) {
+        for (i, (fit, y)) in fits.iter_mut().zip(weights.chunks_exact(self.taps)).enumerate() {
+            let stats = self.stats(y);
+            let dead = match dead {
+                Dead::Flags(flags) => flags[i],
+                Dead::Below(tolerance) => self.is_dead_below(y, stats.1, tolerance),
+            };
             *fit = if dead {
-                FilterFit { key: None, a: 0.0, b: lane_sum(y, |v| v) / self.taps as f32, abs_cos: 0.0 }
+                FilterFit { key: None, a: 0.0, b: stats.0, abs_cos: 0.0 }
             } else {
-                self.fit(y, &mut dot)
+                self.fit(y, stats, &mut dot)
             };
         }
     }
@@ -89,11 +114,11 @@ impl TapMajorKeys {
     /// operation is reordered or fused.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn fit_chunk_avx2(&self, weights: &[f32], dead: &[bool], fits: &mut [FilterFit]) {
+    unsafe fn fit_chunk_avx2(&self, weights: &[f32], dead: Dead, fits: &mut [FilterFit]) {
         self.fit_chunk(weights, dead, fits)
     }
 
-    fn fit_chunk_best(&self, weights: &[f32], dead: &[bool], fits: &mut [FilterFit]) {
+    fn fit_chunk_best(&self, weights: &[f32], dead: Dead, fits: &mut [FilterFit]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
@@ -127,19 +152,42 @@ fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Which filters are dead (get no key): given, or those whose centred L2
+/// norm is below a tolerance.
+#[derive(Debug, Clone, Copy)]
+pub enum Dead<'a> {
+    Flags(&'a [bool]),
+    Below(f32),
+}
+
+/// Filters per parallel task of a fit.
+const FIT_CHUNK: usize = 4096;
+
 /// Fits every filter of `weights` (`n x taps`, raw) to `keys` (normalised,
 /// same size). `dead[i]` marks filters that get no key.
 pub fn fit_filters(weights: &[f32], taps: usize, keys: &[f32], dead: &[bool]) -> Vec<FilterFit> {
+    assert_eq!(weights.len(), dead.len() * taps, "one dead flag per filter");
+    fit_filters_marking(weights, taps, keys, Dead::Flags(dead))
+}
+
+/// As [`fit_filters`]; with [`Dead::Below`] the dead check runs filter by
+/// filter inside the fit, while the filter is in cache (one pass over memory
+/// instead of two).
+pub fn fit_filters_marking(weights: &[f32], taps: usize, keys: &[f32], dead: Dead) -> Vec<FilterFit> {
     assert!(!keys.is_empty() && keys.len() % taps == 0, "keys must be a whole number of filters");
     assert!(keys.len() / taps <= u16::MAX as usize, "at most 65535 keys");
-    assert_eq!(weights.len(), dead.len() * taps, "one dead flag per filter");
+    assert_eq!(weights.len() % taps, 0, "a whole number of filters");
     let tm = TapMajorKeys::new(keys, taps);
-    const CHUNK: usize = 4096;
-    let mut out = vec![FilterFit { key: None, a: 0.0, b: 0.0, abs_cos: 0.0 }; dead.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(weights.par_chunks(CHUNK * taps))
-        .zip(dead.par_chunks(CHUNK))
-        .for_each(|((fits, weights), dead)| tm.fit_chunk_best(weights, dead, fits));
+    let mut out = vec![FilterFit { key: None, a: 0.0, b: 0.0, abs_cos: 0.0 }; weights.len() / taps];
+    out.par_chunks_mut(FIT_CHUNK).zip(weights.par_chunks(FIT_CHUNK * taps)).enumerate().for_each(
+        |(chunk, (fits, weights))| {
+            let dead = match dead {
+                Dead::Flags(flags) => Dead::Flags(&flags[chunk * FIT_CHUNK..][..fits.len()]),
+                below => below,
+            };
+            tm.fit_chunk_best(weights, dead, fits)
+        },
+    );
     out
 }
 
@@ -169,25 +217,48 @@ pub struct FitStats {
     pub usage: Vec<usize>,
 }
 
+/// `|cos|` in units of `2^-48`: every f32 `|cos|` from `2^-25` up is a whole
+/// number of them, so sums are exact and do not depend on the order of the
+/// filters (a tally can be split across threads and merged).
+const ABS_COS_UNIT: f64 = (1u64 << 48) as f64;
+
 #[derive(Debug, Clone)]
 struct Tally {
     filters: usize,
     dead: usize,
     covered: Vec<usize>,
-    sum_abs_cos: f64,
+    sum_abs_cos: u128,
     usage: Vec<usize>,
 }
 
 impl Tally {
     fn new(thresholds: usize, keys: usize) -> Self {
-        Tally { filters: 0, dead: 0, covered: vec![0; thresholds], sum_abs_cos: 0.0, usage: vec![0; keys] }
+        Tally { filters: 0, dead: 0, covered: vec![0; thresholds], sum_abs_cos: 0, usage: vec![0; keys] }
+    }
+    /// The tally of `fits`, counted in parallel.
+    fn of(fits: &[FilterFit], thresholds: &[f32], keys: usize) -> Self {
+        fits.par_chunks(FIT_CHUNK)
+            .map(|chunk| {
+                let mut tally = Tally::new(thresholds.len(), keys);
+                chunk.iter().for_each(|fit| tally.add(fit, thresholds));
+                tally
+            })
+            .reduce(|| Tally::new(thresholds.len(), keys), Tally::merged)
+    }
+    fn merged(mut self, other: Tally) -> Tally {
+        self.filters += other.filters;
+        self.dead += other.dead;
+        self.sum_abs_cos += other.sum_abs_cos;
+        self.covered.iter_mut().zip(other.covered).for_each(|(a, b)| *a += b);
+        self.usage.iter_mut().zip(other.usage).for_each(|(a, b)| *a += b);
+        self
     }
     fn add(&mut self, fit: &FilterFit, thresholds: &[f32]) {
         self.filters += 1;
         match fit.key {
             None => self.dead += 1,
             Some(k) => {
-                self.sum_abs_cos += fit.abs_cos as f64;
+                self.sum_abs_cos += (fit.abs_cos as f64 * ABS_COS_UNIT).round() as u128;
                 self.usage[k as usize] += 1;
                 for (c, &t) in self.covered.iter_mut().zip(thresholds) {
                     *c += usize::from(fit.abs_cos >= t);
@@ -201,7 +272,7 @@ impl Tally {
             filters: self.filters,
             dead: self.dead,
             coverage: thresholds.iter().zip(&self.covered).map(|(t, &c)| (t.to_string(), c as f64 / live)).collect(),
-            mean_abs_cos: self.sum_abs_cos / live,
+            mean_abs_cos: self.sum_abs_cos as f64 / ABS_COS_UNIT / live,
             usage: self.usage.clone(),
         }
     }
@@ -272,21 +343,13 @@ pub fn fit_set(set: &FilterSet, bank: &Bank, options: &FitOptions) -> (GroupFits
     let mut fits = GroupFits::new();
 
     for (kernel, group) in &set.groups {
-        let (keys, kept) = bank.resized(*kernel);
-        let dropped: Vec<String> =
-            (0..bank.len()).filter(|i| !kept.contains(i)).map(|i| bank.labels[i].clone()).collect();
+        let dead: Vec<bool> = group.provenance.iter().map(|p| p.dead).collect();
+        let (group_fits, dropped) = fit_group(&group.weights, *kernel, Dead::Flags(&dead), bank);
         if !dropped.is_empty() {
             unusable.insert(kernel.to_string(), dropped);
         }
-        let dead: Vec<bool> = group.provenance.iter().map(|p| p.dead || kept.is_empty()).collect();
-        let mut group_fits = if kept.is_empty() {
-            vec![FilterFit { key: None, a: 0.0, b: 0.0, abs_cos: 0.0 }; group.len()]
-        } else {
-            fit_filters(&group.weights, kernel.taps(), &keys, &dead)
-        };
         let mut tally = Tally::new(th.len(), bank.len());
-        for (fit, prov) in group_fits.iter_mut().zip(&group.provenance) {
-            fit.key = fit.key.map(|k| kept[k as usize] as u16);
+        for (fit, prov) in group_fits.iter().zip(&group.provenance) {
             tally.add(fit, th);
             overall.add(fit, th);
             per_model.entry(prov.source_file.clone()).or_insert_with(|| Tally::new(th.len(), bank.len())).add(fit, th);
@@ -308,6 +371,49 @@ pub fn fit_set(set: &FilterSet, bank: &Bank, options: &FitOptions) -> (GroupFits
         per_model: per_model.into_iter().map(|(k, t)| (k, t.stats(th))).collect(),
         per_depth_band: per_band.iter().enumerate().map(|(b, t)| (band_name(b), t.stats(th))).collect(),
         unusable_keys: unusable,
+    };
+    (fits, report)
+}
+
+/// Fits of one kernel size's filters to `bank` resized to `kernel`, with key
+/// indices into the whole bank, and the labels of the keys the resize leaves
+/// constant (never chosen).
+fn fit_group(weights: &[f32], kernel: KernelSize, dead: Dead, bank: &Bank) -> (Vec<FilterFit>, Vec<String>) {
+    let (keys, kept) = bank.resized(kernel);
+    let dropped = (0..bank.len()).filter(|i| !kept.contains(i)).map(|i| bank.labels[i].clone()).collect();
+    if kept.is_empty() {
+        return (vec![FilterFit { key: None, a: 0.0, b: 0.0, abs_cos: 0.0 }; weights.len() / kernel.taps()], dropped);
+    }
+    let mut fits = fit_filters_marking(weights, kernel.taps(), &keys, dead);
+    fits.par_iter_mut().for_each(|fit| fit.key = fit.key.map(|k| kept[k as usize] as u16));
+    (fits, dropped)
+}
+
+/// Fits filters held in one array (`n x kernel.taps()`, raw, row-major) to
+/// `bank`, without the per-filter provenance of a [`FilterSet`] (no copy of
+/// the weights): the report has one kernel and one model, `source`, and no
+/// depth bands. Filters whose centred L2 norm is below `dead_tolerance` are dead.
+pub fn fit_array(
+    weights: &[f32],
+    kernel: KernelSize,
+    dead_tolerance: f32,
+    bank: &Bank,
+    thresholds: &[f32],
+    source: &str,
+) -> (Vec<FilterFit>, FitReport) {
+    let (fits, dropped) = fit_group(weights, kernel, Dead::Below(dead_tolerance), bank);
+    let stats = Tally::of(&fits, thresholds, bank.len()).stats(thresholds);
+    let report = FitReport {
+        bank: bank.name.clone(),
+        bank_kernel: bank.kernel.to_string(),
+        labels: bank.labels.clone(),
+        resize_rule: RESIZE_RULE.to_string(),
+        thresholds: thresholds.to_vec(),
+        overall: stats.clone(),
+        per_kernel: BTreeMap::from([(kernel.to_string(), stats.clone())]),
+        per_model: BTreeMap::from([(source.to_string(), stats)]),
+        per_depth_band: BTreeMap::new(),
+        unusable_keys: if dropped.is_empty() { BTreeMap::new() } else { BTreeMap::from([(kernel.to_string(), dropped)]) },
     };
     (fits, report)
 }
@@ -416,8 +522,8 @@ mod tests {
         let tm = TapMajorKeys::new(&keys, 49);
         let blank = FilterFit { key: None, a: 0.0, b: 0.0, abs_cos: 0.0 };
         let (mut portable, mut avx2) = (vec![blank; n], vec![blank; n]);
-        tm.fit_chunk(&y, &vec![false; n], &mut portable);
-        unsafe { tm.fit_chunk_avx2(&y, &vec![false; n], &mut avx2) };
+        tm.fit_chunk(&y, Dead::Flags(&vec![false; n]), &mut portable);
+        unsafe { tm.fit_chunk_avx2(&y, Dead::Flags(&vec![false; n]), &mut avx2) };
         let bits = |f: &[FilterFit]| {
             f.iter().map(|f| (f.key, f.a.to_bits(), f.b.to_bits(), f.abs_cos.to_bits())).collect::<Vec<_>>()
         };
@@ -485,4 +591,51 @@ mod tests {
         assert_eq!(fits[&KernelSize::square(3)][0].key, Some(kept[2] as u16));
         assert!(report.resize_rule.starts_with("centre-crop"));
     }
+
+    /// The array path gives the same fits and summary as a set of one layer
+    /// of the same filters (dead ones and a resized bank included).
+    #[test]
+    fn an_array_fits_as_a_set_of_the_same_filters() {
+        let bank = Bank::published8();
+        let kernel = KernelSize::square(5);
+        let (keys5, _) = bank.resized(kernel);
+        let mut w: Vec<f32> = (0..40).flat_map(|c| keys5[(c % 8) * 25..(c % 8 + 1) * 25].iter().map(move |v| v * (0.5 + c as f32) + 0.1 * c as f32)).collect();
+        w.extend(vec![0.3f32; 25]);
+        let layer = DwLayer::new("array", kernel, 41, w.clone()).unwrap();
+        let mut set = FilterSet::default();
+        set.add_model(&ModelFilters { source: "numpy".into(), format: "t".into(), layers: vec![layer] });
+        let options = FitOptions::default();
+        let (set_fits, set_report) = fit_set(&set, &bank, &options);
+        let (fits, report) = fit_array(&w, kernel, set.dead_tolerance, &bank, &options.thresholds, "numpy");
+        assert_eq!(fits, set_fits[&kernel]);
+        assert_eq!(report.overall, set_report.overall);
+        assert_eq!((report.per_kernel, report.per_model), (set_report.per_kernel, set_report.per_model));
+        assert_eq!(report.overall.dead, 1);
+        assert_eq!(report.unusable_keys, set_report.unusable_keys);
+    }
+
+    /// The dead check inside the fit decides as the exact f64 test does, for
+    /// filters at the tolerance, constant ones with large means and tiny
+    /// wiggles on large means (where f32 statistics alone would err).
+    #[test]
+    fn the_dead_check_in_the_fit_is_the_exact_one() {
+        let bank = Bank::published8();
+        let taps = bank.kernel.taps();
+        let tolerance = 1e-6f32;
+        let mut filters = Vec::new();
+        for mean in [0.0f32, 0.1, 1.0, 3.7, 100.0, -2500.0, 1e6] {
+            for norm in [0.0f32, 1e-8, 5e-7, 9.9e-7, 1e-6, 1.01e-6, 2e-6, 1e-5, 1.0] {
+                filters.extend(bank.key(filters.len() / taps % 8).iter().map(|k| mean + norm * k));
+            }
+        }
+        let n = filters.len() / taps;
+        let exact: Vec<bool> =
+            filters.chunks_exact(taps).map(|f| is_dead(mean_and_centered_norm(f).1, tolerance)).collect();
+        assert!(exact.iter().any(|&d| d) && exact.iter().any(|&d| !d));
+        let fits = fit_filters_marking(&filters, taps, &bank.keys, Dead::Below(tolerance));
+        let marked: Vec<bool> = fits.iter().map(|f| f.key.is_none()).collect();
+        assert_eq!(marked, exact, "{n} filters");
+        assert_eq!(fits, fit_filters(&filters, taps, &bank.keys, &exact));
+    }
 }
+

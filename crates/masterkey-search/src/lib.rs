@@ -32,7 +32,7 @@ pub use curve::{elbow, CoverageCurve, CurvePoint, ELBOW_RULE};
 pub use filters::NormalisedFilters;
 pub use kmeans::KMeansOptions;
 pub use scorer::{FitObjective, FitScorer, Scorer};
-pub use search::{search, KChoice, KeyUsage, Method, SearchOptions, SearchOutcome};
+pub use search::{search, BankSummary, KChoice, KeyUsage, Method, SearchOptions, SearchOutcome, SearchSummary};
 
 /// Progress reports: what is being done, steps done, steps in all. Called from
 /// the calling thread or from rayon workers, hence `Sync`.

@@ -86,6 +86,53 @@ pub struct SearchOutcome {
     pub k_rule: &'static str,
 }
 
+/// What a search found, without the files it may be saved to: the JSON
+/// `masterkey search --json` prints and the Python package returns.
+#[derive(Debug, Serialize)]
+pub struct SearchSummary<'a> {
+    pub inputs: Vec<String>,
+    pub method: &'static str,
+    pub kernel: String,
+    pub k: usize,
+    pub k_rule: &'static str,
+    pub bank: BankSummary<'a>,
+    pub usage: &'a [KeyUsage],
+    pub curve: &'a CoverageCurve,
+}
+
+/// A bank's description, without its keys.
+#[derive(Debug, Serialize)]
+pub struct BankSummary<'a> {
+    pub name: &'a str,
+    pub kernel: String,
+    pub labels: &'a [String],
+    pub source: &'a str,
+    pub licence: &'a str,
+}
+
+impl<'a> SearchSummary<'a> {
+    /// The summary of `outcome`, found in `filters` of `inputs` by `method`.
+    pub fn new(inputs: Vec<String>, method: &Method, filters: &NormalisedFilters, outcome: &'a SearchOutcome) -> Self {
+        let bank = &outcome.bank;
+        SearchSummary {
+            inputs,
+            method: method.name(),
+            kernel: filters.kernel.to_string(),
+            k: bank.len(),
+            k_rule: outcome.k_rule,
+            bank: BankSummary {
+                name: &bank.name,
+                kernel: bank.kernel.to_string(),
+                labels: &bank.labels,
+                source: &bank.source,
+                licence: &bank.licence,
+            },
+            usage: &outcome.usage,
+            curve: &outcome.curve,
+        }
+    }
+}
+
 /// Runs `options.method` on `filters` (described by `set_label` in the bank's
 /// provenance). `scorer` replaces the autoencoder's default [`FitScorer`].
 pub fn search(

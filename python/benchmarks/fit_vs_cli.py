@@ -1,0 +1,53 @@
+"""masterkey.fit on N random 7x7 filters given as a NumPy array, against the
+CLI's `bench fit` (the Rust core's fit of the same number of filters, same
+keys), run one after the other in the same minute. Prints both medians and
+their ratio; the Python call includes everything a user pays for: the dead
+check, the summary and the per-filter arrays.
+
+    scripts/bench-python [--filters 1000000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+
+import numpy as np
+
+import masterkey
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cli", required=True, help="the masterkey binary (release build)")
+    p.add_argument("--filters", type=int, default=1_000_000)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+
+    out = subprocess.run(
+        [args.cli, "bench", "fit", "--filters", str(args.filters), "--repeats", str(args.repeats),
+         "--seed", str(args.seed), "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    cli = json.loads(out.stdout.splitlines()[-1])
+
+    filters = np.random.default_rng(args.seed).standard_normal((args.filters, 7, 7), dtype=np.float32)
+    bank = masterkey.Bank("published8")
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        result = masterkey.fit(filters, bank, control_seed=None)
+        times.append(time.perf_counter() - t0)
+    python_s = float(np.median(times))
+    cli_s = cli["masterkey_median_s"]
+    print(f"fit of {args.filters:,} random 7x7 filters to published8, median of {args.repeats}, {cli['cores']} cores")
+    print(f"  CLI core (bench fit):         {cli_s:.4f} s")
+    print(f"  masterkey.fit (NumPy array):  {python_s:.4f} s  (coverage at 0.5: {result.coverage['0.5']:.4f})")
+    print(f"  ratio Python / CLI: {python_s / cli_s:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
