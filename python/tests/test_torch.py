@@ -3,6 +3,7 @@ gradients, state dicts, and a two-process DDP run on CPU (gloo)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from torch import nn  # noqa: E402
 import masterkey  # noqa: E402
 from masterkey.torch import FrozenDepthwiseConv2d, depthwise_convs, dw_filters, freeze_depthwise  # noqa: E402
 from nets import small_net  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def other_state(model: nn.Module) -> dict:
@@ -68,6 +71,46 @@ def test_fitting_a_bank_of_the_layers_own_filters_changes_no_output():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def trainer_fixture(tmp_path_factory):
+    """Frozen DW layers of `masterkey train` with their inputs, outputs and
+    gradients, written by the Rust example frozen_dw_fixture."""
+    out = tmp_path_factory.mktemp("fixture") / "frozen_dw.json"
+    command = ["cargo", "run", "-q", "-p", "masterkey-train", "--example", "frozen_dw_fixture", "--", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True)
+    return json.loads(out.read_text())["cases"]
+
+
+def test_a_frozen_layer_computes_what_masterkey_trains(trainer_fixture):
+    """Same keys, scale, offset, bias and input: the same output and
+    gradients as the trainer's frozen layer (within 1e-5)."""
+    for case in trainer_fixture:
+        n, c, h, w = case["x_shape"]
+        k, stride = case["kernel"], case["stride"]
+        conv = nn.Conv2d(c, c, k, stride=stride, padding=k // 2, groups=c)
+        key = torch.tensor(case["key"]).reshape(c, 1, k, k)
+        bank_keys, kept = masterkey.Bank().resized(f"{k}x{k}")
+        assert torch.equal(key, torch.from_numpy(bank_keys[np.arange(c) % len(kept)]).unsqueeze(1)), "round-robin keys"
+        layer = FrozenDepthwiseConv2d(
+            conv, key, torch.tensor(case["scale"]), torch.tensor(case["offset"]), learn_scale=case["learn_scale"]
+        )
+        with torch.no_grad():
+            layer.bias.copy_(torch.tensor(case["bias"]))
+        x = torch.tensor(case["x"]).reshape(n, c, h, w).requires_grad_()
+        y = layer(x)
+        assert list(y.shape) == case["y_shape"]
+        close = lambda got, want, what: torch.testing.assert_close(  # noqa: E731
+            got.flatten(), torch.tensor(want), rtol=1e-5, atol=1e-5, msg=lambda m: f"stride {stride} {what}: {m}"
+        )
+        close(y.detach(), case["y"], "output")
+        (y * torch.tensor(case["g"]).reshape(y.shape)).sum().backward()
+        close(x.grad, case["dx"], "input gradient")
+        close(layer.offset.grad, case["doffset"], "offset gradient")
+        close(layer.bias.grad, case["dbias"], "bias gradient")
+        if case["learn_scale"]:
+            close(layer.scale.grad, case["dscale"], "scale gradient")
+
+
 def test_gradients_reach_the_offsets_and_the_scale_only_when_asked():
     for learn_scale in (False, True):
         model = freeze_depthwise(small_net(), learn_scale=learn_scale).train()
@@ -88,6 +131,20 @@ def test_gradients_reach_the_offsets_and_the_scale_only_when_asked():
         layer(x).square().sum().backward()
         conv(x).square().sum().backward()
         torch.testing.assert_close(layer.offset.grad, conv.weight.grad.sum((1, 2, 3)), rtol=1e-4, atol=1e-4)
+
+
+def test_compile_and_autocast():
+    model = freeze_depthwise(small_net(), "published8").train()
+    x = torch.randn(2, 3, 16, 16)
+    eager = model(x)
+    # aot_eager traces the whole graph (forward and backward) without generating C++ code.
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), eager)
+    compiled(x).sum().backward()
+    assert next(m for _, m in depthwise_convs(model)).offset.grad is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x.to(memory_format=torch.channels_last))
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
 
 
 def test_modes_assignments_and_state_dicts():
