@@ -36,6 +36,8 @@ const LANES: usize = 8;
 
 impl TapMajorKeys {
     fn new(keys: &[f32], taps: usize) -> Self {
+        assert!(!keys.is_empty() && keys.len() % taps == 0, "keys must be a whole number of filters");
+        assert!(keys.len() / taps <= u16::MAX as usize, "at most 65535 keys");
         let n = keys.len() / taps;
         let blocks = n.div_ceil(LANES);
         let mut data = vec![0.0; blocks * taps * LANES];
@@ -155,7 +157,7 @@ fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 /// Which filters are dead (get no key): given, or those whose centred L2
 /// norm is below a tolerance.
 #[derive(Debug, Clone, Copy)]
-pub enum Dead<'a> {
+enum Dead<'a> {
     Flags(&'a [bool]),
     Below(f32),
 }
@@ -167,27 +169,12 @@ const FIT_CHUNK: usize = 4096;
 /// same size). `dead[i]` marks filters that get no key.
 pub fn fit_filters(weights: &[f32], taps: usize, keys: &[f32], dead: &[bool]) -> Vec<FilterFit> {
     assert_eq!(weights.len(), dead.len() * taps, "one dead flag per filter");
-    fit_filters_marking(weights, taps, keys, Dead::Flags(dead))
-}
-
-/// As [`fit_filters`]; with [`Dead::Below`] the dead check runs filter by
-/// filter inside the fit, while the filter is in cache (one pass over memory
-/// instead of two).
-pub fn fit_filters_marking(weights: &[f32], taps: usize, keys: &[f32], dead: Dead) -> Vec<FilterFit> {
-    assert!(!keys.is_empty() && keys.len() % taps == 0, "keys must be a whole number of filters");
-    assert!(keys.len() / taps <= u16::MAX as usize, "at most 65535 keys");
-    assert_eq!(weights.len() % taps, 0, "a whole number of filters");
     let tm = TapMajorKeys::new(keys, taps);
-    let mut out = vec![FilterFit { key: None, a: 0.0, b: 0.0, abs_cos: 0.0 }; weights.len() / taps];
-    out.par_chunks_mut(FIT_CHUNK).zip(weights.par_chunks(FIT_CHUNK * taps)).enumerate().for_each(
-        |(chunk, (fits, weights))| {
-            let dead = match dead {
-                Dead::Flags(flags) => Dead::Flags(&flags[chunk * FIT_CHUNK..][..fits.len()]),
-                below => below,
-            };
-            tm.fit_chunk_best(weights, dead, fits)
-        },
-    );
+    let mut out = vec![FilterFit { key: None, a: 0.0, b: 0.0, abs_cos: 0.0 }; dead.len()];
+    out.par_chunks_mut(FIT_CHUNK)
+        .zip(weights.par_chunks(FIT_CHUNK * taps))
+        .zip(dead.par_chunks(FIT_CHUNK))
+        .for_each(|((fits, weights), dead)| tm.fit_chunk_best(weights, Dead::Flags(dead), fits));
     out
 }
 
@@ -234,16 +221,6 @@ struct Tally {
 impl Tally {
     fn new(thresholds: usize, keys: usize) -> Self {
         Tally { filters: 0, dead: 0, covered: vec![0; thresholds], sum_abs_cos: 0, usage: vec![0; keys] }
-    }
-    /// The tally of `fits`, counted in parallel.
-    fn of(fits: &[FilterFit], thresholds: &[f32], keys: usize) -> Self {
-        fits.par_chunks(FIT_CHUNK)
-            .map(|chunk| {
-                let mut tally = Tally::new(thresholds.len(), keys);
-                chunk.iter().for_each(|fit| tally.add(fit, thresholds));
-                tally
-            })
-            .reduce(|| Tally::new(thresholds.len(), keys), Tally::merged)
     }
     fn merged(mut self, other: Tally) -> Tally {
         self.filters += other.filters;
@@ -344,7 +321,7 @@ pub fn fit_set(set: &FilterSet, bank: &Bank, options: &FitOptions) -> (GroupFits
 
     for (kernel, group) in &set.groups {
         let dead: Vec<bool> = group.provenance.iter().map(|p| p.dead).collect();
-        let (group_fits, dropped) = fit_group(&group.weights, *kernel, Dead::Flags(&dead), bank);
+        let (group_fits, dropped) = fit_group(&group.weights, *kernel, &dead, bank);
         if !dropped.is_empty() {
             unusable.insert(kernel.to_string(), dropped);
         }
@@ -378,21 +355,36 @@ pub fn fit_set(set: &FilterSet, bank: &Bank, options: &FitOptions) -> (GroupFits
 /// Fits of one kernel size's filters to `bank` resized to `kernel`, with key
 /// indices into the whole bank, and the labels of the keys the resize leaves
 /// constant (never chosen).
-fn fit_group(weights: &[f32], kernel: KernelSize, dead: Dead, bank: &Bank) -> (Vec<FilterFit>, Vec<String>) {
+fn fit_group(weights: &[f32], kernel: KernelSize, dead: &[bool], bank: &Bank) -> (Vec<FilterFit>, Vec<String>) {
     let (keys, kept) = bank.resized(kernel);
     let dropped = (0..bank.len()).filter(|i| !kept.contains(i)).map(|i| bank.labels[i].clone()).collect();
     if kept.is_empty() {
-        return (vec![FilterFit { key: None, a: 0.0, b: 0.0, abs_cos: 0.0 }; weights.len() / kernel.taps()], dropped);
+        return (vec![FilterFit { key: None, a: 0.0, b: 0.0, abs_cos: 0.0 }; dead.len()], dropped);
     }
-    let mut fits = fit_filters_marking(weights, kernel.taps(), &keys, dead);
+    let mut fits = fit_filters(weights, kernel.taps(), &keys, dead);
     fits.par_iter_mut().for_each(|fit| fit.key = fit.key.map(|k| kept[k as usize] as u16));
     (fits, dropped)
 }
 
+/// Per-filter fits as columns, the layout NumPy and data frames take
+/// without a copy: `key_index` is the key's index in the bank, -1 for a dead
+/// filter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitColumns {
+    pub key_index: Vec<i32>,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub abs_cos: Vec<f32>,
+}
+
 /// Fits filters held in one array (`n x kernel.taps()`, raw, row-major) to
-/// `bank`, without the per-filter provenance of a [`FilterSet`] (no copy of
-/// the weights): the report has one kernel and one model, `source`, and no
-/// depth bands. Filters whose centred L2 norm is below `dead_tolerance` are dead.
+/// `bank`, without the per-filter provenance of a [`FilterSet`] and without
+/// copying the weights: the report has one kernel and one model, `source`,
+/// and no depth bands. Filters whose centred L2 norm is below
+/// `dead_tolerance` are dead. Each parallel task fits its filters, checks
+/// which are dead, writes its part of the columns and counts its tally while
+/// they are in cache (one pass over memory: a NumPy array of a million
+/// filters is fitted about as fast as the CLI's core loop).
 pub fn fit_array(
     weights: &[f32],
     kernel: KernelSize,
@@ -400,9 +392,40 @@ pub fn fit_array(
     bank: &Bank,
     thresholds: &[f32],
     source: &str,
-) -> (Vec<FilterFit>, FitReport) {
-    let (fits, dropped) = fit_group(weights, kernel, Dead::Below(dead_tolerance), bank);
-    let stats = Tally::of(&fits, thresholds, bank.len()).stats(thresholds);
+) -> (FitColumns, FitReport) {
+    let taps = kernel.taps();
+    assert_eq!(weights.len() % taps, 0, "a whole number of {kernel} filters");
+    let n = weights.len() / taps;
+    let (keys, kept) = bank.resized(kernel);
+    let dropped: Vec<String> = (0..bank.len()).filter(|i| !kept.contains(i)).map(|i| bank.labels[i].clone()).collect();
+    let mut columns = FitColumns { key_index: vec![-1; n], a: vec![0.0; n], b: vec![0.0; n], abs_cos: vec![0.0; n] };
+    let tally = if kept.is_empty() {
+        let mut tally = Tally::new(thresholds.len(), bank.len());
+        (tally.filters, tally.dead) = (n, n);
+        tally
+    } else {
+        let tm = TapMajorKeys::new(&keys, taps);
+        let FitColumns { key_index, a, b, abs_cos } = &mut columns;
+        key_index
+            .par_chunks_mut(FIT_CHUNK)
+            .zip(a.par_chunks_mut(FIT_CHUNK))
+            .zip(b.par_chunks_mut(FIT_CHUNK))
+            .zip(abs_cos.par_chunks_mut(FIT_CHUNK))
+            .zip(weights.par_chunks(FIT_CHUNK * taps))
+            .map(|((((key_index, a), b), abs_cos), weights)| {
+                let mut fits = vec![FilterFit { key: None, a: 0.0, b: 0.0, abs_cos: 0.0 }; key_index.len()];
+                tm.fit_chunk_best(weights, Dead::Below(dead_tolerance), &mut fits);
+                let mut tally = Tally::new(thresholds.len(), bank.len());
+                for (i, fit) in fits.iter_mut().enumerate() {
+                    fit.key = fit.key.map(|k| kept[k as usize] as u16);
+                    tally.add(fit, thresholds);
+                    (key_index[i], a[i], b[i], abs_cos[i]) = (fit.key.map_or(-1, i32::from), fit.a, fit.b, fit.abs_cos);
+                }
+                tally
+            })
+            .reduce(|| Tally::new(thresholds.len(), bank.len()), Tally::merged)
+    };
+    let stats = tally.stats(thresholds);
     let report = FitReport {
         bank: bank.name.clone(),
         bank_kernel: bank.kernel.to_string(),
@@ -415,7 +438,7 @@ pub fn fit_array(
         per_depth_band: BTreeMap::new(),
         unusable_keys: if dropped.is_empty() { BTreeMap::new() } else { BTreeMap::from([(kernel.to_string(), dropped)]) },
     };
-    (fits, report)
+    (columns, report)
 }
 
 /// One row of `fits.csv`.
@@ -606,8 +629,12 @@ mod tests {
         set.add_model(&ModelFilters { source: "numpy".into(), format: "t".into(), layers: vec![layer] });
         let options = FitOptions::default();
         let (set_fits, set_report) = fit_set(&set, &bank, &options);
-        let (fits, report) = fit_array(&w, kernel, set.dead_tolerance, &bank, &options.thresholds, "numpy");
-        assert_eq!(fits, set_fits[&kernel]);
+        let (columns, report) = fit_array(&w, kernel, set.dead_tolerance, &bank, &options.thresholds, "numpy");
+        let fits = &set_fits[&kernel];
+        assert_eq!(columns.key_index, fits.iter().map(|f| f.key.map_or(-1, i32::from)).collect::<Vec<_>>());
+        assert_eq!(columns.a, fits.iter().map(|f| f.a).collect::<Vec<_>>());
+        assert_eq!(columns.b, fits.iter().map(|f| f.b).collect::<Vec<_>>());
+        assert_eq!(columns.abs_cos, fits.iter().map(|f| f.abs_cos).collect::<Vec<_>>());
         assert_eq!(report.overall, set_report.overall);
         assert_eq!((report.per_kernel, report.per_model), (set_report.per_kernel, set_report.per_model));
         assert_eq!(report.overall.dead, 1);
@@ -632,10 +659,11 @@ mod tests {
         let exact: Vec<bool> =
             filters.chunks_exact(taps).map(|f| is_dead(mean_and_centered_norm(f).1, tolerance)).collect();
         assert!(exact.iter().any(|&d| d) && exact.iter().any(|&d| !d));
-        let fits = fit_filters_marking(&filters, taps, &bank.keys, Dead::Below(tolerance));
-        let marked: Vec<bool> = fits.iter().map(|f| f.key.is_none()).collect();
+        let (columns, _) = fit_array(&filters, bank.kernel, tolerance, &bank, &[0.5], "adversarial");
+        let marked: Vec<bool> = columns.key_index.iter().map(|&k| k < 0).collect();
         assert_eq!(marked, exact, "{n} filters");
-        assert_eq!(fits, fit_filters(&filters, taps, &bank.keys, &exact));
+        let fits = fit_filters(&filters, taps, &bank.keys, &exact);
+        assert_eq!(columns.abs_cos, fits.iter().map(|f| f.abs_cos).collect::<Vec<_>>());
     }
 }
 

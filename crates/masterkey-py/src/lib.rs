@@ -313,16 +313,22 @@ fn fit_filters_summary<'py>(
 ) -> PyResult<(String, Bound<'py, PyDict>)> {
     let (values, kernel) = filters_of(&filters)?;
     let bank = &bank.bank;
-    let (fits, record) = py.detach(|| {
-        let (fits, report) = fit_array(values, kernel, dead_tolerance, bank, &thresholds, "array");
+    let (columns, record) = py.detach(|| {
+        let (columns, report) = fit_array(values, kernel, dead_tolerance, bank, &thresholds, "array");
         let random_control = control_seed.map(|seed| {
             let random = Bank::random(bank.len(), bank.kernel, seed);
             let (_, report) = fit_array(values, kernel, dead_tolerance, &random, &thresholds, "array");
             RandomControl { bank: random.name, seed, overall: report.overall, per_kernel: report.per_kernel }
         });
-        (fits, FitRecord { inputs: vec!["array".into()], dead_tolerance, report, random_control })
+        (columns, FitRecord { inputs: vec!["array".into()], dead_tolerance, report, random_control })
     });
-    Ok((json(&record)?, fit_arrays(py, &fits)?))
+    // The columns move into NumPy arrays without a copy.
+    let out = PyDict::new(py);
+    out.set_item("key_index", columns.key_index.into_pyarray(py))?;
+    out.set_item("a", columns.a.into_pyarray(py))?;
+    out.set_item("b", columns.b.into_pyarray(py))?;
+    out.set_item("abs_cos", columns.abs_cos.into_pyarray(py))?;
+    Ok((json(&record)?, out))
 }
 
 #[pymodule]
