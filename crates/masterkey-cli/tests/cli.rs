@@ -196,3 +196,78 @@ fn corrupt_real_models_fail_on_one_line_without_output() {
     }
     assert!(failures >= 30, "most mutants are refused ({failures} of 90)");
 }
+
+/// Small files that declare huge tensors (safetensors, ONNX, IDX): the
+/// readers compare the declared sizes with the file before allocating, so
+/// under a 512 MiB address-space limit each run ends with its one-line error,
+/// not an allocation failure.
+#[test]
+fn small_files_declaring_huge_tensors_fail_cleanly_under_512_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    let header = br#"{"blocks.0.conv_dw.weight":{"dtype":"F32","shape":[268435456,1,7,7],"data_offsets":[0,16]}}"#;
+    let mut header = header.to_vec();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut safetensors = (header.len() as u64).to_le_bytes().to_vec();
+    safetensors.extend(&header);
+    safetensors.extend([0u8; 16]);
+    std::fs::write(at("huge.safetensors"), safetensors).unwrap();
+    std::fs::write(at("huge.onnx"), onnx_with_huge_depthwise_weight()).unwrap();
+    let idx = at("idx");
+    std::fs::create_dir(&idx).unwrap();
+    let mut images = [0x803u32, 1 << 30, 28, 28].iter().flat_map(|v| v.to_be_bytes()).collect::<Vec<u8>>();
+    images.extend([0u8; 784]);
+    std::fs::write(idx.join("train-images-idx3-ubyte"), &images).unwrap();
+    // The other three files are well-formed, holding one image.
+    let labels = [[0x801u32, 1].iter().flat_map(|v| v.to_be_bytes()).collect::<Vec<u8>>(), vec![0]].concat();
+    let one = [[0x803u32, 1, 28, 28].iter().flat_map(|v| v.to_be_bytes()).collect::<Vec<u8>>(), vec![0; 784]].concat();
+    std::fs::write(idx.join("train-labels-idx1-ubyte"), &labels).unwrap();
+    std::fs::write(idx.join("t10k-labels-idx1-ubyte"), &labels).unwrap();
+    std::fs::write(idx.join("t10k-images-idx3-ubyte"), &one).unwrap();
+
+    let limited = |args: &[&str]| {
+        let out = Command::new("prlimit")
+            .arg(format!("--as={}", 512 << 20))
+            .arg(env!("CARGO_BIN_EXE_masterkey"))
+            .args(args)
+            .output()
+            .expect("prlimit (util-linux) runs the command");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        stderr
+    };
+    let out = at("out");
+    for (file, says) in [("huge.safetensors", "invalid shape"), ("huge.onnx", "52613349376 bytes")] {
+        let err = limited(&["extract", at(file).to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        assert!(err.contains(file) && err.contains(says), "{err}");
+    }
+    let err = limited(&["train", "--dataset", "idx", "--data", idx.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(err.contains("train-images-idx3-ubyte") && err.contains("841813590016 bytes"), "{err}");
+    assert!(!out.exists());
+}
+
+/// An ONNX model (protobuf written by hand) with one depthwise Conv whose
+/// weight declares 2^28 x 1 x 7 x 7 floats and holds 16 bytes.
+fn onnx_with_huge_depthwise_weight() -> Vec<u8> {
+    fn varint(mut n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return out;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let number = |field: u64, n: u64| [varint(field << 3), varint(n)].concat();
+    let bytes = |field: u64, b: &[u8]| [varint((field << 3) | 2), varint(b.len() as u64), b.to_vec()].concat();
+    let dims: Vec<u8> = [1u64 << 28, 1, 7, 7].iter().flat_map(|&d| number(1, d)).collect();
+    let tensor = [dims, number(2, 1), bytes(8, b"w"), bytes(9, &[0; 16])].concat();
+    let group = [bytes(1, b"group"), number(3, 1 << 28), number(20, 2)].concat();
+    let node = [bytes(1, b"x"), bytes(1, b"w"), bytes(2, b"y"), bytes(4, b"Conv"), bytes(5, &group)].concat();
+    let graph = [bytes(1, &node), bytes(5, &tensor)].concat();
+    [number(1, 7), bytes(7, &graph)].concat()
+}
