@@ -271,3 +271,50 @@ fn onnx_with_huge_depthwise_weight() -> Vec<u8> {
     let graph = [bytes(1, &node), bytes(5, &tensor)].concat();
     [number(1, 7), bytes(7, &graph)].concat()
 }
+
+/// Two `masterkey fetch` processes started at once on an empty cache both
+/// succeed and leave one verified copy (each downloads into a private
+/// folder and renames; extraction writes a temporary file and renames).
+#[test]
+fn two_fetches_at_once_on_an_empty_cache_both_succeed() {
+    let cache = tempfile::tempdir().unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_masterkey"))
+            .args(["fetch", "ppocr-cls", "--json"])
+            .env("MASTERKEY_CACHE", cache.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (start(), start());
+    let mut paths = Vec::new();
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        paths.push(json_of(&out)[0]["path"].as_str().map(String::from));
+    }
+    assert!(paths[0].is_some() && paths[0] == paths[1], "{paths:?}");
+    // What the cache holds is the verified file, and a later run finds it.
+    let again = Command::new(env!("CARGO_BIN_EXE_masterkey"))
+        .args(["extract", "ppocr-cls", "-o", cache.path().join("set").to_str().unwrap(), "--json"])
+        .env("MASTERKEY_CACHE", cache.path())
+        .output()
+        .unwrap();
+    assert_eq!(json_of(&again)["filters"], 864);
+    let partial: Vec<_> = walk(cache.path()).into_iter().filter(|p| p.to_string_lossy().contains(".partial-")).collect();
+    assert!(partial.is_empty(), "staging folders left behind: {partial:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|e| {
+            let path = e.unwrap().path();
+            let mut found = vec![path.clone()];
+            if path.is_dir() {
+                found.extend(walk(&path));
+            }
+            found
+        })
+        .collect()
+}
