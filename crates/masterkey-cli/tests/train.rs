@@ -167,3 +167,23 @@ fn experiments_take_their_output_folder_and_refuse_per_run_options() {
     refused("small-data", &["--resume"]);
     refused("universality", &["--halt-after-steps", "3"]);
 }
+
+/// A run whose loss turns NaN or infinite stops at that step with one line
+/// naming the step and the first stage whose output is not finite, and
+/// writes no checkpoint for the broken epoch.
+#[test]
+fn a_diverging_run_stops_with_the_step_and_the_first_non_finite_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic::write_idx_folder(dir.path(), 40, 20, 16, 1).unwrap();
+    let (data, out) = (dir.path().to_str().unwrap(), dir.path().join("run"));
+    let mut args = train_args(data, out.to_str().unwrap());
+    let lr = args.iter().position(|a| *a == "--lr").unwrap() + 1;
+    args[lr] = "1e30";
+    let run = masterkey(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    let last = err.trim_end().lines().last().unwrap();
+    assert!(last.starts_with("error: step ") && last.contains("training loss is"), "{err}");
+    assert!(last.contains("first stage whose output is not finite: stem") || last.contains("stages."), "{err}");
+    assert!(!out.join("checkpoint").exists(), "no checkpoint of the broken epoch");
+}

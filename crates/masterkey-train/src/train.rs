@@ -436,11 +436,27 @@ pub fn train<B: ModelAutodiffBackend>(
             let n = batch.len();
             let (x, y) = images_tensor::<B>(batch, data.shape, &device);
             lr = schedule.lr(state.step);
+            let before = model.clone();
             let (next, logits, loss) =
-                training_step(model.clone(), &mut optimizer, x, y.clone(), lr, config.label_smoothing);
+                training_step(model.clone(), &mut optimizer, x.clone(), y.clone(), lr, config.label_smoothing);
             model = next;
             state.step += 1;
             let step_loss = scalar(loss.inner());
+            if !step_loss.is_finite() {
+                // Stop before anything is written: the last checkpoint (an
+                // epoch's end) stays the run's state.
+                let culprit = before.valid().first_non_finite(x.inner()).unwrap_or_else(|| "none (the loss itself)".into());
+                let kept = match state.epochs_done {
+                    0 => "no checkpoint was written".to_string(),
+                    done => format!("the checkpoint of epoch {done} is kept"),
+                };
+                return Err(Error::Other(format!(
+                    "step {} (epoch {}): the training loss is {step_loss}; first stage whose output is not finite: \
+                     {culprit}; stopped, {kept}",
+                    state.step,
+                    epoch + 1,
+                )));
+            }
             loss_sum += step_loss * n as f64;
             hits += correct(logits.inner(), y.inner());
             seen += n;

@@ -147,16 +147,22 @@ impl<B: ModelBackend> ConvNext<B> {
         }
     }
 
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    /// The forward pass, `trace` called with each stage's name and output
+    /// (names as in the PyTorch state dict: `stem`, `stages.1.downsample`,
+    /// `stages.1.blocks.0`).
+    pub fn forward_traced(&self, x: Tensor<B, 4>, trace: &mut impl FnMut(&dyn Fn() -> String, &Tensor<B, 4>)) -> Tensor<B, 2> {
         // Channels-last from the input on, as the patchify convolutions,
         // LayerNorm, the MLP and the DW operation read it.
         let mut x = self.stem_norm.forward(self.stem.forward_patches(to_channels_last(x)));
-        for stage in &self.stages {
+        trace(&|| "stem".into(), &x);
+        for (i, stage) in self.stages.iter().enumerate() {
             if let Some(down) = &stage.downsample {
                 x = down.conv.forward_patches(down.norm.forward(x));
+                trace(&|| format!("stages.{i}.downsample"), &x);
             }
-            for block in &stage.blocks {
+            for (j, block) in stage.blocks.iter().enumerate() {
                 x = block.forward(x);
+                trace(&|| format!("stages.{i}.blocks.{j}"), &x);
             }
         }
         self.head.forward(self.head_norm.forward(global_mean_channels_last(x)))

@@ -131,12 +131,17 @@ impl<B: ModelBackend> MobileNetV2<B> {
         }
     }
 
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    /// The forward pass, `trace` called with each stage's name and output.
+    pub fn forward_traced(&self, x: Tensor<B, 4>, trace: &mut impl FnMut(&dyn Fn() -> String, &Tensor<B, 4>)) -> Tensor<B, 2> {
         let mut x = relu6(self.stem.forward(x));
-        for block in &self.blocks {
+        trace(&|| "stem".into(), &x);
+        for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(x);
+            trace(&|| format!("blocks.{i}"), &x);
         }
-        self.head.forward(global_mean(relu6(self.last.forward(x))))
+        let x = relu6(self.last.forward(x));
+        trace(&|| "last".into(), &x);
+        self.head.forward(global_mean(x))
     }
 }
 

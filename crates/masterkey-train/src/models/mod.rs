@@ -149,11 +149,31 @@ impl<B: ModelBackend> Network<B> {
 
     /// `[N, C, H, W]` images to `[N, classes]` logits.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.forward_traced(x, &mut |_, _| {})
+    }
+
+    /// [`Network::forward`], `trace` called with the name and output of
+    /// every stage (stem, each block, ...) in order.
+    pub fn forward_traced(&self, x: Tensor<B, 4>, trace: &mut impl FnMut(&dyn Fn() -> String, &Tensor<B, 4>)) -> Tensor<B, 2> {
         match self {
-            Network::ConvNext(m) => m.forward(x),
-            Network::MobileNetV2(m) => m.forward(x),
-            Network::Reference(m) => m.forward(x),
+            Network::ConvNext(m) => m.forward_traced(x, trace),
+            Network::MobileNetV2(m) => m.forward_traced(x, trace),
+            Network::Reference(m) => m.forward_traced(x, trace),
         }
+    }
+
+    /// The first stage whose output on `x` holds a NaN or an infinity
+    /// (`logits` when only the head's does), or `None`.
+    pub fn first_non_finite(&self, x: Tensor<B, 4>) -> Option<String> {
+        let finite = |t: &Tensor<B, 4>| t.clone().into_data().iter::<f32>().all(f32::is_finite);
+        let mut first = None;
+        let logits = self.forward_traced(x, &mut |name, y| {
+            if first.is_none() && !finite(y) {
+                first = Some(name());
+            }
+        });
+        let logits_finite = logits.into_data().iter::<f32>().all(f32::is_finite);
+        first.or_else(|| (!logits_finite).then(|| "logits".to_string()))
     }
 }
 

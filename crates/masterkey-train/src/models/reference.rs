@@ -48,13 +48,16 @@ impl<B: ModelBackend> Reference<B> {
         Reference { stem, blocks, head: Dense::new(w, spec.classes, init, rng, device) }
     }
 
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    /// The forward pass, `trace` called with each stage's name and output.
+    pub fn forward_traced(&self, x: Tensor<B, 4>, trace: &mut impl FnMut(&dyn Fn() -> String, &Tensor<B, 4>)) -> Tensor<B, 2> {
         // Channels-last after the stem, as LayerNorm and the MLP read it: no
         // permutes inside the blocks.
         let mut x = to_channels_last(self.stem.forward(x));
-        for b in &self.blocks {
+        trace(&|| "stem".into(), &x);
+        for (i, b) in self.blocks.iter().enumerate() {
             let y = b.dw.forward(x.clone(), Layout::ChannelsLast);
             x = x + b.project.forward(gelu(b.expand.forward(b.norm.forward(y))));
+            trace(&|| format!("blocks.{i}"), &x);
         }
         self.head.forward(global_mean_channels_last(x))
     }
