@@ -101,6 +101,14 @@ fn main() -> ExitCode {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
         libmimalloc_sys::mi_option_set(libmimalloc_sys::mi_option_large_os_pages, 1);
     }
+    // A write past a file-size limit then fails with EFBIG, reported as a
+    // one-line error with the temporary file removed, instead of the signal
+    // killing the process silently.
+    // SAFETY: replaces the disposition of one signal before any thread starts.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Extract(args) => extract::run(args),

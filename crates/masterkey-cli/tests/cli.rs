@@ -318,3 +318,32 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// Outputs that cannot be written whole (a file-size limit stands in for a
+/// full disk) end with a one-line error and leave the previous outputs as
+/// they were.
+#[test]
+fn a_write_that_fails_part_way_leaves_the_previous_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (set, fit) = (dir.path().join("set"), dir.path().join("fit"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    json_of(&masterkey(&["extract", "efficientnet-lite0", "-o", &s(&set), "--json"]));
+    json_of(&masterkey(&["fit", &s(&set), "-o", &s(&fit), "--json"]));
+    let before: Vec<(PathBuf, Vec<u8>)> =
+        walk(dir.path()).into_iter().filter(|p| p.is_file()).map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect();
+    for args in [vec!["extract", "efficientnet-lite0", "-o", &s(&set)], vec!["fit", &s(&set), "-o", &s(&fit)]] {
+        let out = Command::new("prlimit")
+            .arg("--fsize=65536")
+            .arg(env!("CARGO_BIN_EXE_masterkey"))
+            .args(&args)
+            .output()
+            .expect("prlimit (util-linux) runs the command");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains("File too large"), "{err}");
+    }
+    let after: Vec<(PathBuf, Vec<u8>)> =
+        walk(dir.path()).into_iter().filter(|p| p.is_file()).map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect();
+    assert!(before == after, "the outputs of the first runs are unchanged and nothing else is left");
+}
