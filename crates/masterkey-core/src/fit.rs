@@ -59,12 +59,14 @@ impl TapMajorKeys {
     /// Whether `y` is dead by [`is_dead`]'s exact (f64) test. The f32
     /// statistics decide where they can: rounding moves the f32 mean by at
     /// most `u * sum|v|` (`u = 2^-24`), so the f32 centred norm of a filter
-    /// whose exact norm is below `tolerance` stays below
-    /// `(1 + n u) (tolerance + sqrt(n) u sum|v|)`; twice that with `2u` is
-    /// a safe margin, above which the filter is alive for certain.
+    /// whose exact norm is below `tolerance` stays below about
+    /// `tolerance + sqrt(n) u sum|v|`, and `sum|v| <= sqrt(n) |v|` with
+    /// `|v|^2 = ss + n mean^2`. Above twice that bound (with `2u`, doubled
+    /// again) the filter is alive for certain; below it the exact test runs.
     #[inline(always)]
-    fn is_dead_below(&self, y: &[f32], ss: f32, tolerance: f32) -> bool {
-        let margin = 2.0 * (tolerance + (self.taps as f32).sqrt() * f32::EPSILON * lane_sum(y, f32::abs));
+    fn is_dead_below(&self, y: &[f32], (mean, ss): (f32, f32), tolerance: f32) -> bool {
+        let n = self.taps as f32;
+        let margin = 2.0 * (tolerance + 2.0 * n * f32::EPSILON * (ss + n * mean * mean).sqrt());
         ss.sqrt() < margin && is_dead(mean_and_centered_norm(y).1, tolerance)
     }
 
@@ -101,7 +103,7 @@ impl TapMajorKeys {
             let stats = self.stats(y);
             let dead = match dead {
                 Dead::Flags(flags) => flags[i],
-                Dead::Below(tolerance) => self.is_dead_below(y, stats.1, tolerance),
+                Dead::Below(tolerance) => self.is_dead_below(y, stats, tolerance),
             };
             *fit = if dead {
                 FilterFit { key: None, a: 0.0, b: stats.0, abs_cos: 0.0 }
@@ -230,12 +232,15 @@ impl Tally {
         self.usage.iter_mut().zip(other.usage).for_each(|(a, b)| *a += b);
         self
     }
+    #[inline]
     fn add(&mut self, fit: &FilterFit, thresholds: &[f32]) {
         self.filters += 1;
         match fit.key {
             None => self.dead += 1,
             Some(k) => {
-                self.sum_abs_cos += (fit.abs_cos as f64 * ABS_COS_UNIT).round() as u128;
+                // Exact for |cos| >= 2^-25 (below, truncated); through i64,
+                // which converts in one instruction where u128 needs a call.
+                self.sum_abs_cos += (fit.abs_cos as f64 * ABS_COS_UNIT) as i64 as u128;
                 self.usage[k as usize] += 1;
                 for (c, &t) in self.covered.iter_mut().zip(thresholds) {
                     *c += usize::from(fit.abs_cos >= t);
@@ -398,8 +403,10 @@ pub fn fit_array(
     let n = weights.len() / taps;
     let (keys, kept) = bank.resized(kernel);
     let dropped: Vec<String> = (0..bank.len()).filter(|i| !kept.contains(i)).map(|i| bank.labels[i].clone()).collect();
-    let mut columns = FitColumns { key_index: vec![-1; n], a: vec![0.0; n], b: vec![0.0; n], abs_cos: vec![0.0; n] };
+    // Zeroed columns come from the allocator as untouched pages; every entry is written below.
+    let mut columns = FitColumns { key_index: vec![0; n], a: vec![0.0; n], b: vec![0.0; n], abs_cos: vec![0.0; n] };
     let tally = if kept.is_empty() {
+        columns.key_index.fill(-1);
         let mut tally = Tally::new(thresholds.len(), bank.len());
         (tally.filters, tally.dead) = (n, n);
         tally
