@@ -187,3 +187,45 @@ fn a_diverging_run_stops_with_the_step_and_the_first_non_finite_stage() {
     assert!(last.contains("first stage whose output is not finite: stem") || last.contains("stages."), "{err}");
     assert!(!out.join("checkpoint").exists(), "no checkpoint of the broken epoch");
 }
+
+/// A checkpoint that cannot be written whole (a file-size limit stands in for
+/// a full disk) ends the run with one line and leaves the previous
+/// checkpoint and metrics byte for byte; the run then resumes from them.
+#[test]
+fn a_checkpoint_write_that_fails_keeps_the_previous_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic::write_idx_folder(dir.path(), 40, 20, 16, 1).unwrap();
+    let (data, out) = (dir.path().to_str().unwrap(), dir.path().join("run"));
+    let mut args = train_args(data, out.to_str().unwrap());
+    // 40 images in batches of 16: 3 steps an epoch; stop inside epoch 2.
+    args.extend(["--halt-after-steps", "4"]);
+    assert!(masterkey(&args).output().unwrap().status.success());
+    let files = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut found: Vec<_> = ["checkpoint/model.mpk", "checkpoint/optimizer.mpk", "checkpoint/state.json", "metrics.jsonl"]
+            .iter()
+            .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
+            .collect();
+        found.sort();
+        found
+    };
+    let before = files(&out);
+
+    let mut resume = train_args(data, out.to_str().unwrap());
+    resume.push("--resume");
+    let limited = Command::new("prlimit")
+        .arg("--fsize=32768")
+        .arg(env!("CARGO_BIN_EXE_masterkey"))
+        .args(&resume)
+        .output()
+        .expect("prlimit (util-linux) runs the command");
+    let err = String::from_utf8_lossy(&limited.stderr);
+    assert_eq!(limited.status.code(), Some(1), "{err}");
+    let last = err.trim_end().lines().last().unwrap();
+    assert!(last.starts_with("error: ") && last.contains("File too large"), "{err}");
+    assert!(files(&out) == before, "the epoch-1 checkpoint and metrics are unchanged");
+    let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 2, "no temporary folder left: {leftovers:?}");
+
+    let v = last_json(&masterkey(&resume).output().unwrap());
+    assert_eq!(v["epochs"], 4);
+}
