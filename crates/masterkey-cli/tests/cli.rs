@@ -301,7 +301,8 @@ fn two_fetches_at_once_on_an_empty_cache_both_succeed() {
         .output()
         .unwrap();
     assert_eq!(json_of(&again)["filters"], 864);
-    let partial: Vec<_> = walk(cache.path()).into_iter().filter(|p| p.to_string_lossy().contains(".partial-")).collect();
+    let partial: Vec<_> =
+        walk(cache.path()).into_iter().filter(|p| p.to_string_lossy().contains(".partial-")).collect();
     assert!(partial.is_empty(), "staging folders left behind: {partial:?}");
 }
 

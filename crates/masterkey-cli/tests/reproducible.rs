@@ -62,7 +62,10 @@ fn analysis_commands_write_the_same_bytes_twice() {
     same_bytes_twice(&["bank", "show", "published8", "-o", &s(&png)], &[&png]);
     let (scalespace, ideal, ideal_png) = (at("scalespace"), at("ideal9.safetensors"), at("ideal9.png"));
     same_bytes_twice(&["scalespace", "fit", "-o", &s(&scalespace)], &[&scalespace]);
-    same_bytes_twice(&["scalespace", "bank", "--size", "9", "-o", &s(&ideal), "--png", &s(&ideal_png)], &[&ideal, &ideal_png]);
+    same_bytes_twice(
+        &["scalespace", "bank", "--size", "9", "-o", &s(&ideal), "--png", &s(&ideal_png)],
+        &[&ideal, &ideal_png],
+    );
     let replaced = at("replaced.safetensors");
     same_bytes_twice(&["replace", &model, "-o", &s(&replaced)], &[&replaced]);
     let report = at("report.html");

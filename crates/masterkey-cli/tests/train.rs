@@ -201,10 +201,11 @@ fn a_checkpoint_write_that_fails_keeps_the_previous_checkpoint() {
     args.extend(["--halt-after-steps", "4"]);
     assert!(masterkey(&args).output().unwrap().status.success());
     let files = |dir: &Path| -> Vec<(String, Vec<u8>)> {
-        let mut found: Vec<_> = ["checkpoint/model.mpk", "checkpoint/optimizer.mpk", "checkpoint/state.json", "metrics.jsonl"]
-            .iter()
-            .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
-            .collect();
+        let mut found: Vec<_> =
+            ["checkpoint/model.mpk", "checkpoint/optimizer.mpk", "checkpoint/state.json", "metrics.jsonl"]
+                .iter()
+                .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
+                .collect();
         found.sort();
         found
     };

@@ -36,7 +36,8 @@ mod tests {
 
     #[test]
     fn a_trace_over_several_lines_becomes_one() {
-        let trace = "Range [228896, 228900) is out of bounds.\n\twhile verifying table field `operator_codes` at position 32\n";
+        let trace =
+            "Range [228896, 228900) is out of bounds.\n\twhile verifying table field `operator_codes` at position 32\n";
         let e = Error::invalid("m.tflite", format!("expected a valid TFLite flatbuffer, found a corrupt one: {trace}"));
         assert_eq!(
             e.to_string(),

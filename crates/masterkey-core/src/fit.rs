@@ -443,7 +443,11 @@ pub fn fit_array(
         per_kernel: BTreeMap::from([(kernel.to_string(), stats.clone())]),
         per_model: BTreeMap::from([(source.to_string(), stats)]),
         per_depth_band: BTreeMap::new(),
-        unusable_keys: if dropped.is_empty() { BTreeMap::new() } else { BTreeMap::from([(kernel.to_string(), dropped)]) },
+        unusable_keys: if dropped.is_empty() {
+            BTreeMap::new()
+        } else {
+            BTreeMap::from([(kernel.to_string(), dropped)])
+        },
     };
     (columns, report)
 }
@@ -629,7 +633,11 @@ mod tests {
         let bank = Bank::published8();
         let kernel = KernelSize::square(5);
         let (keys5, _) = bank.resized(kernel);
-        let mut w: Vec<f32> = (0..40).flat_map(|c| keys5[(c % 8) * 25..(c % 8 + 1) * 25].iter().map(move |v| v * (0.5 + c as f32) + 0.1 * c as f32)).collect();
+        let mut w: Vec<f32> = (0..40)
+            .flat_map(|c| {
+                keys5[(c % 8) * 25..(c % 8 + 1) * 25].iter().map(move |v| v * (0.5 + c as f32) + 0.1 * c as f32)
+            })
+            .collect();
         w.extend(vec![0.3f32; 25]);
         let layer = DwLayer::new("array", kernel, 41, w.clone()).unwrap();
         let mut set = FilterSet::default();
@@ -673,4 +681,3 @@ mod tests {
         assert_eq!(columns.abs_cos, fits.iter().map(|f| f.abs_cos).collect::<Vec<_>>());
     }
 }
-

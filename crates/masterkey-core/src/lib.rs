@@ -13,8 +13,8 @@ pub mod bank;
 pub mod error;
 pub mod fit;
 pub mod kernel;
-pub mod safetensors_out;
 pub mod layer;
+pub mod safetensors_out;
 pub mod set;
 
 pub use bank::{Bank, RESIZE_RULE};

@@ -51,8 +51,7 @@ mod tests {
     #[test]
     fn same_content_same_bytes_and_the_file_reads_back() {
         let (a, b): (Vec<u8>, Vec<u8>) = ((0u8..24).collect(), (100u8..108).collect());
-        let metadata: BTreeMap<String, String> =
-            (0..20).map(|i| (format!("key{i}"), format!("value {i}"))).collect();
+        let metadata: BTreeMap<String, String> = (0..20).map(|i| (format!("key{i}"), format!("value {i}"))).collect();
         let write = || {
             let views = vec![
                 ("zeta", TensorView::new(Dtype::F32, vec![2, 3], &a).unwrap()),

@@ -4,8 +4,8 @@
 use masterkey_core::KernelSize;
 use masterkey_search::filters::{pick_group, NormalisedFilters};
 use masterkey_search::{
-    compare as compare_banks, search as search_keys, AutoencoderOptions, KChoice, KMeansOptions, Method,
-    SearchOptions, SearchSummary,
+    compare as compare_banks, search as search_keys, AutoencoderOptions, KChoice, KMeansOptions, Method, SearchOptions,
+    SearchSummary,
 };
 use pyo3::prelude::*;
 
@@ -40,7 +40,8 @@ fn search(
     thresholds: Vec<f32>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<(PyBank, String)> {
-    let kernel = kernel.map(|k| k.parse::<KernelSize>().map_err(|e| error(format!("kernel `{k}`: {e}")))).transpose()?;
+    let kernel =
+        kernel.map(|k| k.parse::<KernelSize>().map_err(|e| error(format!("kernel `{k}`: {e}")))).transpose()?;
     let method = match method {
         "kmeans" => Method::KMeans(KMeansOptions { restarts, max_iter, seed, ..KMeansOptions::default() }),
         "autoencoder" => Method::Autoencoder(AutoencoderOptions {

@@ -18,7 +18,12 @@ use pyo3::types::PyDict;
 
 mod analysis;
 
-pyo3::create_exception!(_core, MasterkeyError, PyValueError, "A masterkey error: one line naming the file or setting, what was expected and what was found.");
+pyo3::create_exception!(
+    _core,
+    MasterkeyError,
+    PyValueError,
+    "A masterkey error: one line naming the file or setting, what was expected and what was found."
+);
 
 /// A masterkey error as a Python exception carrying the CLI's one-line message.
 pub(crate) fn error(e: impl std::fmt::Display) -> PyErr {
@@ -32,8 +37,9 @@ fn kernel_of(text: &str) -> PyResult<KernelSize> {
 /// `[n, h, w]` f32 array (C order) as a flat slice and its kernel size.
 fn filters_of<'a>(array: &'a PyReadonlyArray3<'_, f32>) -> PyResult<(&'a [f32], KernelSize)> {
     let shape = array.shape();
-    let values =
-        array.as_slice().map_err(|_| error("filters: expected a C-contiguous float32 array [n, h, w], found a strided one"))?;
+    let values = array
+        .as_slice()
+        .map_err(|_| error("filters: expected a C-contiguous float32 array [n, h, w], found a strided one"))?;
     Ok((values, KernelSize::new(shape[1], shape[2])))
 }
 
@@ -139,7 +145,12 @@ impl PyFilterSet {
     }
 
     fn __repr__(&self) -> String {
-        format!("FilterSet({} filters, {} dead, kernels {:?})", self.set.len(), self.set.dead_count(), self.set.kernel_counts())
+        format!(
+            "FilterSet({} filters, {} dead, kernels {:?})",
+            self.set.len(),
+            self.set.dead_count(),
+            self.set.kernel_counts()
+        )
     }
 }
 
@@ -183,7 +194,8 @@ impl PyBank {
         let (values, kernel) = filters_of(&keys)?;
         let k = keys.shape()[0];
         let labels = labels.unwrap_or_else(|| (1..=k).map(|i| format!("key{i}")).collect());
-        let bank = Bank::new(&name, kernel, values.to_vec(), labels, &source, &licence).map_err(|e| error(format!("bank `{name}`: {e}")))?;
+        let bank = Bank::new(&name, kernel, values.to_vec(), labels, &source, &licence)
+            .map_err(|e| error(format!("bank `{name}`: {e}")))?;
         Ok(PyBank { bank })
     }
 
@@ -246,7 +258,12 @@ fn fit_arrays<'py>(py: Python<'py>, fits: &[masterkey_core::FilterFit]) -> PyRes
     let column = |f: fn(&masterkey_core::FilterFit) -> f32| fits.par_iter().map(f).collect::<Vec<f32>>();
     let ((key_index, a), (b, abs_cos)) = py.detach(|| {
         rayon::join(
-            || rayon::join(|| fits.par_iter().map(|f| f.key.map_or(-1, i32::from)).collect::<Vec<_>>(), || column(|f| f.a)),
+            || {
+                rayon::join(
+                    || fits.par_iter().map(|f| f.key.map_or(-1, i32::from)).collect::<Vec<_>>(),
+                    || column(|f| f.a),
+                )
+            },
             || rayon::join(|| column(|f| f.b), || column(|f| f.abs_cos)),
         )
     });
@@ -277,23 +294,25 @@ fn fit_set_summary<'py>(
     output: Option<PathBuf>,
 ) -> PyResult<(String, Bound<'py, PyDict>)> {
     let (set, bank) = (&set.set, &bank.bank);
-    let (fits, record) = py.detach(|| {
-        let options = FitOptions { thresholds, depth_bands };
-        let (fits, report) = fit_set(set, bank, &options);
-        let record = FitRecord {
-            inputs: set.sources(),
-            dead_tolerance: set.dead_tolerance,
-            random_control: control_seed.map(|seed| RandomControl::compute(set, bank, &options, seed)),
-            report,
-        };
-        if let Some(dir) = &output {
-            save_fits_csv(set, &fits, bank, &dir.join("fits.csv"))?;
-            let text = serde_json::to_vec_pretty(&record).map_err(|e| masterkey_core::Error::Other(e.to_string()))?;
-            masterkey_core::atomic::write_file(&dir.join("fit.json"), &text)?;
-        }
-        Ok::<_, masterkey_core::Error>((fits, record))
-    })
-    .map_err(error)?;
+    let (fits, record) = py
+        .detach(|| {
+            let options = FitOptions { thresholds, depth_bands };
+            let (fits, report) = fit_set(set, bank, &options);
+            let record = FitRecord {
+                inputs: set.sources(),
+                dead_tolerance: set.dead_tolerance,
+                random_control: control_seed.map(|seed| RandomControl::compute(set, bank, &options, seed)),
+                report,
+            };
+            if let Some(dir) = &output {
+                save_fits_csv(set, &fits, bank, &dir.join("fits.csv"))?;
+                let text =
+                    serde_json::to_vec_pretty(&record).map_err(|e| masterkey_core::Error::Other(e.to_string()))?;
+                masterkey_core::atomic::write_file(&dir.join("fit.json"), &text)?;
+            }
+            Ok::<_, masterkey_core::Error>((fits, record))
+        })
+        .map_err(error)?;
     let all: Vec<_> = fits.values().flatten().copied().collect();
     Ok((json(&record)?, fit_arrays(py, &all)?))
 }

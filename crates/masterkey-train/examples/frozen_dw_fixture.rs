@@ -24,9 +24,16 @@ fn case(stride: usize, learn_scale: bool, rng: &mut SplitMix) -> Value {
     let (n, c, h, w, k) = (2, 12, 11, 13, 7);
     let mut draw = |len: usize| (0..len).map(|_| rng.normal()).collect::<Vec<f32>>();
     let (scale, offset, bias) = (draw(c), draw(c), draw(c));
-    let plan = DwPlan { mode: DwMode::Frozen, bank: Bank::published8(), keys: KeyChoice::RoundRobin, learn_scale, init_norm: None };
+    let plan = DwPlan {
+        mode: DwMode::Frozen,
+        bank: Bank::published8(),
+        keys: KeyChoice::RoundRobin,
+        learn_scale,
+        init_norm: None,
+    };
     let mut layer = plan.build::<B>(0, c, k, stride, WeightInit::PytorchDefault, &mut SplitMix::new(1), &device);
-    layer.scale = Some(if learn_scale { param(scale.clone(), [c], &device) } else { frozen(scale.clone(), [c], &device) });
+    layer.scale =
+        Some(if learn_scale { param(scale.clone(), [c], &device) } else { frozen(scale.clone(), [c], &device) });
     layer.offset = Some(param(offset.clone(), [c], &device));
     layer.bias = param(bias.clone(), [c], &device);
     let key = values(layer.filter.val().inner());

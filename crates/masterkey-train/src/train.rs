@@ -445,7 +445,8 @@ pub fn train<B: ModelAutodiffBackend>(
             if !step_loss.is_finite() {
                 // Stop before anything is written: the last checkpoint (an
                 // epoch's end) stays the run's state.
-                let culprit = before.valid().first_non_finite(x.inner()).unwrap_or_else(|| "none (the loss itself)".into());
+                let culprit =
+                    before.valid().first_non_finite(x.inner()).unwrap_or_else(|| "none (the loss itself)".into());
                 let kept = match state.epochs_done {
                     0 => "no checkpoint was written".to_string(),
                     done => format!("the checkpoint of epoch {done} is kept"),

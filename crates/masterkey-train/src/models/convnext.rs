@@ -150,7 +150,11 @@ impl<B: ModelBackend> ConvNext<B> {
     /// The forward pass, `trace` called with each stage's name and output
     /// (names as in the PyTorch state dict: `stem`, `stages.1.downsample`,
     /// `stages.1.blocks.0`).
-    pub fn forward_traced(&self, x: Tensor<B, 4>, trace: &mut impl FnMut(&dyn Fn() -> String, &Tensor<B, 4>)) -> Tensor<B, 2> {
+    pub fn forward_traced(
+        &self,
+        x: Tensor<B, 4>,
+        trace: &mut impl FnMut(&dyn Fn() -> String, &Tensor<B, 4>),
+    ) -> Tensor<B, 2> {
         // Channels-last from the input on, as the patchify convolutions,
         // LayerNorm, the MLP and the DW operation read it.
         let mut x = self.stem_norm.forward(self.stem.forward_patches(to_channels_last(x)));

@@ -132,7 +132,11 @@ impl<B: ModelBackend> MobileNetV2<B> {
     }
 
     /// The forward pass, `trace` called with each stage's name and output.
-    pub fn forward_traced(&self, x: Tensor<B, 4>, trace: &mut impl FnMut(&dyn Fn() -> String, &Tensor<B, 4>)) -> Tensor<B, 2> {
+    pub fn forward_traced(
+        &self,
+        x: Tensor<B, 4>,
+        trace: &mut impl FnMut(&dyn Fn() -> String, &Tensor<B, 4>),
+    ) -> Tensor<B, 2> {
         let mut x = relu6(self.stem.forward(x));
         trace(&|| "stem".into(), &x);
         for (i, block) in self.blocks.iter().enumerate() {

@@ -154,7 +154,11 @@ impl<B: ModelBackend> Network<B> {
 
     /// [`Network::forward`], `trace` called with the name and output of
     /// every stage (stem, each block, ...) in order.
-    pub fn forward_traced(&self, x: Tensor<B, 4>, trace: &mut impl FnMut(&dyn Fn() -> String, &Tensor<B, 4>)) -> Tensor<B, 2> {
+    pub fn forward_traced(
+        &self,
+        x: Tensor<B, 4>,
+        trace: &mut impl FnMut(&dyn Fn() -> String, &Tensor<B, 4>),
+    ) -> Tensor<B, 2> {
         match self {
             Network::ConvNext(m) => m.forward_traced(x, trace),
             Network::MobileNetV2(m) => m.forward_traced(x, trace),

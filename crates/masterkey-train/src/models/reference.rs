@@ -49,7 +49,11 @@ impl<B: ModelBackend> Reference<B> {
     }
 
     /// The forward pass, `trace` called with each stage's name and output.
-    pub fn forward_traced(&self, x: Tensor<B, 4>, trace: &mut impl FnMut(&dyn Fn() -> String, &Tensor<B, 4>)) -> Tensor<B, 2> {
+    pub fn forward_traced(
+        &self,
+        x: Tensor<B, 4>,
+        trace: &mut impl FnMut(&dyn Fn() -> String, &Tensor<B, 4>),
+    ) -> Tensor<B, 2> {
         // Channels-last after the stem, as LayerNorm and the MLP read it: no
         // permutes inside the blocks.
         let mut x = to_channels_last(self.stem.forward(x));
