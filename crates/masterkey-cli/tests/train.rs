@@ -230,3 +230,36 @@ fn a_checkpoint_write_that_fails_keeps_the_previous_checkpoint() {
     let v = last_json(&masterkey(&resume).output().unwrap());
     assert_eq!(v["epochs"], 4);
 }
+
+/// Killed (SIGKILL) at several seeded moments, resumed after each kill, a
+/// run ends with the weights of the uninterrupted run, to the last bit.
+#[test]
+fn a_run_killed_again_and_again_ends_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synthetic::write_idx_folder(&data, 270, 90, 16, 5).unwrap();
+    let data = data.to_str().unwrap();
+    let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
+    let epochs_done = || {
+        let state = std::fs::read(cut.join("checkpoint").join("state.json")).ok()?;
+        serde_json::from_slice::<Value>(&state).ok()?["epochs_done"].as_u64()
+    };
+    let v = last_json(&masterkey(&train_args(data, whole.to_str().unwrap())).output().unwrap());
+    let mut resume = train_args(data, cut.to_str().unwrap());
+    resume.push("--resume");
+    let (mut state, mut mid_run) = (0x2545_f491_4f6c_dd1du64, 0);
+    for _ in 0..5 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let mut child = masterkey(&resume).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(20 + state % 200));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        mid_run += usize::from(epochs_done().is_none_or(|done| done < 4));
+    }
+    assert!(mid_run >= 3, "only {mid_run} of 5 kills landed before the run's end");
+    let resumed = last_json(&masterkey(&resume).output().unwrap());
+    assert_eq!(resumed["test_accuracy"], v["test_accuracy"]);
+    assert_eq!(eval(&cut.join("checkpoint"))["test_loss"], eval(&whole.join("checkpoint"))["test_loss"]);
+}
