@@ -21,8 +21,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 @pytest.fixture(scope="session")
 def cli():
     """Runs the masterkey CLI (``MASTERKEY_BIN``, else the workspace's debug
-    build, built here if missing) and returns its parsed ``--json`` output."""
-    binary = Path(os.environ.get("MASTERKEY_BIN", ROOT / "target" / "debug" / "masterkey"))
+    build in ``CARGO_TARGET_DIR`` or ``target/``, built here if missing) and
+    returns its parsed ``--json`` output."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    binary = Path(os.environ.get("MASTERKEY_BIN", target / "debug" / "masterkey"))
     if not binary.is_file():
         subprocess.run(["cargo", "build", "-p", "masterkey-cli"], cwd=ROOT, check=True)
 
