@@ -199,7 +199,7 @@ fn curves(args: &ParityArgs, r: &RecipeData) -> Result<()> {
     eprintln!("PyTorch: the same steps from the same weights");
     let reply = run_torch_job(SCRIPT, work.path(), &job(r.dir, runs)?)?;
     let theirs: Vec<Vec<f64>> =
-        reply["runs"].as_array().context("no runs in the reference's reply")?.iter().map(|r| losses_of(r)).collect();
+        reply["runs"].as_array().context("no runs in the reference's reply")?.iter().map(losses_of).collect();
 
     println!(
         "bench parity (curves): the recipe at {} of Fashion-MNIST ({} images, {per_epoch} steps per epoch, \

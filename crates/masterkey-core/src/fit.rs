@@ -36,7 +36,7 @@ const LANES: usize = 8;
 
 impl TapMajorKeys {
     fn new(keys: &[f32], taps: usize) -> Self {
-        assert!(!keys.is_empty() && keys.len() % taps == 0, "keys must be a whole number of filters");
+        assert!(!keys.is_empty() && keys.len().is_multiple_of(taps), "keys must be a whole number of filters");
         assert!(keys.len() / taps <= u16::MAX as usize, "at most 65535 keys");
         let n = keys.len() / taps;
         let blocks = n.div_ceil(LANES);
