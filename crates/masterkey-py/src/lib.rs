@@ -250,9 +250,9 @@ impl PyBank {
     }
 }
 
-/// Per-filter fits as arrays: key index (-1 for dead), a, b, |cos| (the
-/// four columns gathered in parallel: for a million filters this copy was a
-/// tenth of `masterkey.fit`'s time).
+/// Per-filter fits of a set as arrays: key index (-1 for dead), a, b, |cos|,
+/// the four columns gathered in parallel (arrays of filters get them from
+/// `fit_array` directly).
 fn fit_arrays<'py>(py: Python<'py>, fits: &[masterkey_core::FilterFit]) -> PyResult<Bound<'py, PyDict>> {
     use rayon::prelude::*;
     let column = |f: fn(&masterkey_core::FilterFit) -> f32| fits.par_iter().map(f).collect::<Vec<f32>>();
