@@ -53,7 +53,7 @@ pub fn run(args: Args) -> Result<()> {
     let set_dir = out.join("filters");
     set.save(&set_dir)?;
     let fit_dir = out.join("fit");
-    fit_cmd::save_fit_outputs(&set, &fits, &bank, &record, &fit_dir)?;
+    masterkey_core::fit::save_fit_outputs(&set, &fits, &bank, &record, &fit_dir)?;
     masterkey_core::atomic::write_file(&out.join("models.json"), &serde_json::to_vec_pretty(&models)?)?;
     let mut files = vec![set_dir.display().to_string(), fit_dir.join("fits.csv").display().to_string()];
     files.push(fit_dir.join("fit.json").display().to_string());

@@ -1,7 +1,7 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use masterkey_core::fit::{save_fits_csv, FitRecord, FitStats, GroupFits, RandomControl};
+use masterkey_core::fit::{save_fit_outputs, FitRecord, FitStats, RandomControl};
 use masterkey_core::{fit_set, Bank, FilterSet, FitOptions, FitReport};
 use serde::Serialize;
 
@@ -68,12 +68,6 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(dir) = &args.output {
         println!("per-filter fits: {}", dir.join("fits.csv").display());
     }
-    Ok(())
-}
-
-pub fn save_fit_outputs(set: &FilterSet, fits: &GroupFits, bank: &Bank, record: &FitRecord, dir: &Path) -> Result<()> {
-    save_fits_csv(set, fits, bank, &dir.join("fits.csv"))?;
-    masterkey_core::atomic::write_file(&dir.join("fit.json"), &serde_json::to_vec_pretty(record)?)?;
     Ok(())
 }
 

@@ -295,6 +295,34 @@ impl RandomControl {
         let (_, report) = fit_set(set, &random, options);
         RandomControl { bank: random.name, seed, overall: report.overall, per_kernel: report.per_kernel }
     }
+
+    /// The control of filters held in one array (see [`fit_array`]).
+    pub fn for_array(
+        weights: &[f32],
+        kernel: KernelSize,
+        dead_tolerance: f32,
+        bank: &Bank,
+        thresholds: &[f32],
+        seed: u64,
+    ) -> Self {
+        let random = Bank::random(bank.len(), bank.kernel, seed);
+        let (_, report) = fit_array(weights, kernel, dead_tolerance, &random, thresholds, "array");
+        RandomControl { bank: random.name, seed, overall: report.overall, per_kernel: report.per_kernel }
+    }
+}
+
+/// Writes `fits.csv` (every filter's fit with its provenance) and `fit.json`
+/// (`record`) into `dir`, each atomically: what `masterkey fit -o` writes.
+pub fn save_fit_outputs(
+    set: &FilterSet,
+    fits: &GroupFits,
+    bank: &Bank,
+    record: &FitRecord,
+    dir: &std::path::Path,
+) -> crate::Result<()> {
+    save_fits_csv(set, fits, bank, &dir.join("fits.csv"))?;
+    let text = serde_json::to_vec_pretty(record).map_err(|e| crate::Error::Other(e.to_string()))?;
+    crate::atomic::write_file(&dir.join("fit.json"), &text)
 }
 
 /// A fit report with what it was computed from: the form saved as `fit.json`.
@@ -357,12 +385,19 @@ pub fn fit_set(set: &FilterSet, bank: &Bank, options: &FitOptions) -> (GroupFits
     (fits, report)
 }
 
+/// The bank's keys resized to `kernel`, the indices of those kept, and the
+/// labels of those the resize leaves constant (never chosen).
+fn keys_at(bank: &Bank, kernel: KernelSize) -> (Vec<f32>, Vec<usize>, Vec<String>) {
+    let (keys, kept) = bank.resized(kernel);
+    let dropped = (0..bank.len()).filter(|i| !kept.contains(i)).map(|i| bank.labels[i].clone()).collect();
+    (keys, kept, dropped)
+}
+
 /// Fits of one kernel size's filters to `bank` resized to `kernel`, with key
 /// indices into the whole bank, and the labels of the keys the resize leaves
 /// constant (never chosen).
 fn fit_group(weights: &[f32], kernel: KernelSize, dead: &[bool], bank: &Bank) -> (Vec<FilterFit>, Vec<String>) {
-    let (keys, kept) = bank.resized(kernel);
-    let dropped = (0..bank.len()).filter(|i| !kept.contains(i)).map(|i| bank.labels[i].clone()).collect();
+    let (keys, kept, dropped) = keys_at(bank, kernel);
     if kept.is_empty() {
         return (vec![FilterFit { key: None, a: 0.0, b: 0.0, abs_cos: 0.0 }; dead.len()], dropped);
     }
@@ -401,8 +436,7 @@ pub fn fit_array(
     let taps = kernel.taps();
     assert_eq!(weights.len() % taps, 0, "a whole number of {kernel} filters");
     let n = weights.len() / taps;
-    let (keys, kept) = bank.resized(kernel);
-    let dropped: Vec<String> = (0..bank.len()).filter(|i| !kept.contains(i)).map(|i| bank.labels[i].clone()).collect();
+    let (keys, kept, dropped) = keys_at(bank, kernel);
     // Zeroed columns come from the allocator as untouched pages; every entry is written below.
     let mut columns = FitColumns { key_index: vec![0; n], a: vec![0.0; n], b: vec![0.0; n], abs_cos: vec![0.0; n] };
     let tally = if kept.is_empty() {
