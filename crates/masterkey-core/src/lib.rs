@@ -14,6 +14,7 @@ pub mod error;
 pub mod fit;
 pub mod kernel;
 pub mod layer;
+pub mod rng;
 pub mod safetensors_out;
 pub mod set;
 

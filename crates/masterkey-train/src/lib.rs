@@ -3,53 +3,32 @@
 //!
 //! Built on burn 0.21 (the version whose CPU `flex` and `cuda` backends both
 //! build offline). Models are generic over the backend; the CPU backend is
-//! the default and CUDA is the `cuda` cargo feature.
+//! the default, CUDA and wgpu are the `cuda` and `wgpu` cargo features.
 
 /// The burn this crate is built on, for callers that name backends.
 pub use burn;
 
 pub mod checkpoint;
-mod cpu;
 pub mod data;
 pub mod dw;
-pub mod dw_op;
 pub mod experiment;
-pub mod gelu_op;
 pub mod layers;
-pub mod linear_op;
 pub mod models;
-pub mod norm_op;
 pub mod optim;
-pub mod patch_op;
-pub mod rng;
 pub mod state_dict;
 pub mod train;
+
+pub use masterkey_core::rng;
+pub use masterkey_ops::{dw_op, gelu_op, linear_op, norm_op, patch_op};
 
 #[cfg(test)]
 mod testing;
 
 use burn::tensor::backend::AutodiffBackend;
 
-/// What the models need of a backend: burn's operations plus this crate's
-/// depthwise convolution, GELU, LayerNorm, linear layer and patch gathering
-/// (backend extensions with fast CPU kernels).
-pub trait ModelBackend:
-    dw_op::DepthwiseBackend
-    + gelu_op::GeluBackend
-    + norm_op::LayerNormBackend
-    + linear_op::LinearBackend
-    + patch_op::PatchBackend
-{
-}
-
-impl<B> ModelBackend for B where
-    B: dw_op::DepthwiseBackend
-        + gelu_op::GeluBackend
-        + norm_op::LayerNormBackend
-        + linear_op::LinearBackend
-        + patch_op::PatchBackend
-{
-}
+/// What the models need of a backend: burn's operations plus those of
+/// `masterkey-ops` (backend extensions with fast CPU kernels).
+pub use masterkey_ops::OpsBackend as ModelBackend;
 
 /// An autodiff backend whose training and evaluation passes both run
 /// [`ModelBackend`] operations.
@@ -62,12 +41,18 @@ where
 {
 }
 
-/// The CPU backend (burn `flex`).
-pub type CpuBackend = burn::backend::Flex;
+pub use masterkey_ops::CpuBackend;
 /// The CPU backend with autodiff, used for training.
 pub type TrainBackend = burn::backend::Autodiff<CpuBackend>;
 
 #[cfg(feature = "cuda")]
-pub type CudaBackend = burn::backend::Cuda;
+pub use masterkey_ops::CudaBackend;
+/// An NVIDIA GPU with autodiff.
 #[cfg(feature = "cuda")]
 pub type CudaTrainBackend = burn::backend::Autodiff<CudaBackend>;
+
+#[cfg(feature = "wgpu")]
+pub use masterkey_ops::WgpuBackend;
+/// A GPU through wgpu (Vulkan, Metal, DirectX 12) with autodiff.
+#[cfg(feature = "wgpu")]
+pub type WgpuTrainBackend = burn::backend::Autodiff<WgpuBackend>;

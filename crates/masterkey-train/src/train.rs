@@ -580,6 +580,41 @@ mod tests {
         }
     }
 
+    /// A few steps of the tiny reference model on wgpu (Mesa's lavapipe
+    /// where the machine has no GPU) end where the CPU run ends: the same
+    /// test loss to 1e-3 relative, and every weight within 5% of one AdamW
+    /// step (`lr`; AdamW divides each gradient by its running size, so float
+    /// rounding in a tiny gradient moves a weight by a fraction of a step; a
+    /// wrong gradient moves it by whole steps).
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn a_short_run_on_wgpu_matches_the_cpu_run() {
+        let data = tiny_data(64);
+        for mode in [DwMode::Trainable, DwMode::Frozen] {
+            let mut config = tiny_config(mode, AssignmentKind::RoundRobin);
+            config.epochs = 2;
+            let (cpu, gpu) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let on_cpu = finish(train::<Ad>(&config, &data, cpu.path(), &RunOptions::default(), &mut Quiet).unwrap());
+            let on_gpu = finish(
+                train::<crate::WgpuTrainBackend>(&config, &data, gpu.path(), &RunOptions::default(), &mut Quiet)
+                    .unwrap(),
+            );
+            assert!(on_gpu.backend.contains("wgpu"), "{mode}: ran on {}", on_gpu.backend);
+            let relative = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-6);
+            assert!(
+                relative(on_gpu.test_loss, on_cpu.test_loss) < 1e-3,
+                "{mode}: test loss {} vs {}",
+                on_gpu.test_loss,
+                on_cpu.test_loss
+            );
+            let tolerance = 0.05 * config.lr as f32;
+            for (g, c) in weights(gpu.path()).iter().zip(weights(cpu.path())) {
+                let worst = g.iter().zip(&c).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(worst <= tolerance, "{mode}: a weight differs by {worst} (tolerance {tolerance})");
+            }
+        }
+    }
+
     #[test]
     fn a_tiny_run_learns_and_frozen_keys_stay_put() {
         let data = tiny_data(360);

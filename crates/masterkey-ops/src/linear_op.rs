@@ -65,9 +65,6 @@ pub fn linear<B: LinearBackend, const D: usize>(
     Tensor::<B, 2>::new(TensorPrimitive::Float(y)).reshape(dims)
 }
 
-#[cfg(feature = "cuda")]
-impl LinearBackend for burn::backend::Cuda {}
-
 #[derive(Debug)]
 struct LinearBackward;
 
@@ -236,8 +233,8 @@ impl LinearBackend for Flex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::SplitMix;
     use crate::testing::{to_vec, Ad};
+    use masterkey_core::rng::SplitMix;
 
     /// Forward and every gradient against burn's own linear, on a 4-d input
     /// (flattened to rows) and on one large enough to run in parallel.

@@ -3,13 +3,16 @@
 //! with its own backward pass, through burn's backend extension: a trait whose
 //! default bodies call burn's grouped convolution (so every backend, CUDA
 //! included, has it), implemented with direct kernels for the CPU backend and
-//! with a backward step for autodiff.
+//! with a backward step for autodiff; on burn's GPU backends the kernels of
+//! [`cube`] run it.
 //!
 //! Hand-written because burn 0.21's CPU backend runs a depthwise 7x7
 //! forward + backward on 128x64x32x32 in about a second (grouped convolution
 //! through a general path); the direct kernels ([`nchw`], [`nhwc`]) bring that
 //! to a tenth (`masterkey bench dw`).
 
+#[cfg(feature = "gpu")]
+mod cube;
 mod nchw;
 mod nhwc;
 
@@ -193,9 +196,6 @@ pub fn depthwise_offset<B: DepthwiseBackend>(
         layout,
     )))
 }
-
-#[cfg(feature = "cuda")]
-impl DepthwiseBackend for burn::backend::Cuda {}
 
 #[derive(Debug)]
 struct DepthwiseBackward;
@@ -405,18 +405,19 @@ fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::rng::SplitMix;
     use crate::testing::{to_vec, Ad};
+    use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::module::conv2d;
+    use masterkey_core::rng::SplitMix;
 
     /// Shapes with an uneven image, one narrower than the filter, one with
     /// more channels than a vector holds but not a whole number of vectors,
     /// and one exactly an AVX-512 vector wide (whole rows copied at once).
     const SHAPES: [(usize, usize, usize, usize); 4] = [(2, 3, 9, 8), (1, 2, 5, 2), (2, 19, 11, 13), (3, 16, 6, 7)];
 
-    fn permuted(t: Tensor<Ad, 4>, layout: Layout, back: bool) -> Tensor<Ad, 4> {
+    fn permuted<B: Backend>(t: Tensor<B, 4>, layout: Layout, back: bool) -> Tensor<B, 4> {
         match (layout, back) {
             (Layout::ChannelsFirst, _) => t,
             (Layout::ChannelsLast, false) => t.permute([0, 2, 3, 1]),
@@ -428,36 +429,46 @@ mod tests {
     /// filter gradient and against burn's own grouped convolution for the rest.
     #[test]
     fn forward_and_every_gradient_match_the_references() {
-        let device = Default::default();
+        forward_and_every_gradient_match_the_references_on::<Flex>(&Default::default());
+    }
+
+    /// What [`forward_and_every_gradient_match_the_references`] checks, for
+    /// the operation of backend `X`; the references run on the CPU.
+    pub(super) fn forward_and_every_gradient_match_the_references_on<X: DepthwiseBackend>(device: &X::Device) {
         for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
             for (n, c, h, w) in SHAPES {
                 for k in [3, 5, 7] {
                     for s in [1, 2] {
                         let what = format!("{layout:?} n{n} c{c} {h}x{w} k{k} s{s}");
-                        check_against_references(layout, [n, c, h, w], k, s, &device, &what);
+                        check_against_references::<Autodiff<X>>(layout, [n, c, h, w], k, s, device, &what);
                     }
                 }
             }
         }
     }
 
-    fn check_against_references(
+    fn check_against_references<B: DepthwiseBackend + AutodiffBackend>(
         layout: Layout,
         [n, c, h, w]: [usize; 4],
         k: usize,
         s: usize,
-        device: &burn::tensor::Device<Ad>,
+        device: &B::Device,
         what: &str,
     ) {
         let mut rng = SplitMix::new((100 * k + 10 * s + w + c) as u64);
         let mut draw = |len: usize| (0..len).map(|_| rng.normal()).collect::<Vec<f32>>();
         let (xs, ws, bs) = (draw(n * c * h * w), draw(c * k * k), draw(c));
         let make = |v: &[f32], shape: [usize; 4]| {
-            Tensor::<Ad, 4>::from_data(TensorData::new(v.to_vec(), shape), device).require_grad()
+            Tensor::<B, 4>::from_data(TensorData::new(v.to_vec(), shape), device).require_grad()
         };
-        let bias = || Tensor::<Ad, 1>::from_data(TensorData::new(bs.clone(), [c]), device).require_grad();
-        let (x, wt, b) = (make(&xs, [n, c, h, w]), make(&ws, [c, 1, k, k]), bias());
-        let (x_ref, wt_ref, b_ref) = (make(&xs, [n, c, h, w]), make(&ws, [c, 1, k, k]), bias());
+        let cpu = Default::default();
+        let make_ref = |v: &[f32], shape: [usize; 4]| {
+            Tensor::<Ad, 4>::from_data(TensorData::new(v.to_vec(), shape), &cpu).require_grad()
+        };
+        let (x, wt) = (make(&xs, [n, c, h, w]), make(&ws, [c, 1, k, k]));
+        let b = Tensor::<B, 1>::from_data(TensorData::new(bs.clone(), [c]), device).require_grad();
+        let (x_ref, wt_ref) = (make_ref(&xs, [n, c, h, w]), make_ref(&ws, [c, 1, k, k]));
+        let b_ref = Tensor::<Ad, 1>::from_data(TensorData::new(bs.clone(), [c]), &cpu).require_grad();
 
         let out = depthwise(permuted(x.clone(), layout, false), wt.clone(), b.clone(), s, layout);
         let out = permuted(out, layout, true);
@@ -466,13 +477,15 @@ mod tests {
         assert_eq!(out.dims(), reference.dims(), "{what}");
         let [_, _, oh, ow] = out.dims();
         let rs = draw(n * c * oh * ow);
-        let r = Tensor::<Ad, 4>::from_data(TensorData::new(rs.clone(), [n, c, oh, ow]), device);
+        let r = Tensor::<B, 4>::from_data(TensorData::new(rs.clone(), [n, c, oh, ow]), device);
+        let r_ref = Tensor::<Ad, 4>::from_data(TensorData::new(rs.clone(), [n, c, oh, ow]), &cpu);
         close(&to_vec(out.clone()), &to_vec(reference.clone()), &format!("{what} forward"));
 
-        let grads = (out * r.clone()).sum().backward();
-        let grads_ref = (reference * r).sum().backward();
-        let grad = |t: &Tensor<Ad, 4>, g| to_vec(t.grad(g).expect("a gradient"));
-        close(&grad(&x, &grads), &grad(&x_ref, &grads_ref), &format!("{what} input grad"));
+        let grads = (out * r).sum().backward();
+        let grads_ref = (reference * r_ref).sum().backward();
+        let grad_of = |t: &Tensor<B, 4>| to_vec(t.grad(&grads).expect("a gradient"));
+        let grad_ref = to_vec(x_ref.grad(&grads_ref).expect("a gradient"));
+        close(&grad_of(&x), &grad_ref, &format!("{what} input grad"));
         close(&to_vec(b.grad(&grads).unwrap()), &to_vec(b_ref.grad(&grads_ref).unwrap()), &format!("{what} bias"));
 
         let pad = (k / 2) as isize;
@@ -493,7 +506,7 @@ mod tests {
             }
         }
         let naive: Vec<f32> = naive.iter().map(|&v| v as f32).collect();
-        close(&grad(&wt, &grads), &naive, &format!("{what} filter grad"));
+        close(&grad_of(&wt), &naive, &format!("{what} filter grad"));
     }
 
     fn close(got: &[f32], want: &[f32], what: &str) {
@@ -547,24 +560,32 @@ mod tests {
     /// the taps (what an offset added to every tap receives), in both layouts.
     #[test]
     fn offset_gradient_is_the_filter_gradient_summed_over_taps() {
+        offset_gradient_is_the_filter_gradient_summed_over_taps_on::<Flex>(&Default::default());
+    }
+
+    pub(super) fn offset_gradient_is_the_filter_gradient_summed_over_taps_on<X: DepthwiseBackend>(device: &X::Device) {
+        let primitive = |v: Vec<f32>, shape: [usize; 4], layout: Layout| {
+            let t = Tensor::<X, 4>::from_data(TensorData::new(v, shape), device);
+            permuted(t, layout, false).into_primitive().tensor()
+        };
+        let read = |t: FloatTensor<X>| {
+            let flat = X::float_reshape(t.clone(), [t.shape().num_elements()].into());
+            to_vec(Tensor::<X, 1>::from_primitive(TensorPrimitive::Float(flat)))
+        };
         for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
             for (n, c, h, w) in SHAPES {
                 for k in [3, 5, 7] {
                     for s in [1, 2] {
                         let mut rng = SplitMix::new((1000 + 100 * k + 10 * s + w) as u64);
                         let mut draw = |len: usize| (0..len).map(|_| rng.normal()).collect::<Vec<f32>>();
-                        let x = flex(draw(n * c * h * w), [n, c, h, w]);
-                        let ones = flex(vec![1.0f32; c * k * k], [c, 1, k, k]);
+                        let x = primitive(draw(n * c * h * w), [n, c, h, w], layout);
+                        let ones = Tensor::<X, 4>::ones([c, 1, k, k], device).into_primitive().tensor();
                         let out = nchw::Geometry::new([n, c, h, w], k, s);
-                        let grad = flex(draw(n * c * out.oh * out.ow), [n, c, out.oh, out.ow]);
-                        let (x, grad) = match layout {
-                            Layout::ChannelsFirst => (x, grad),
-                            Layout::ChannelsLast => (x.permute(&[0, 2, 3, 1]), grad.permute(&[0, 2, 3, 1])),
-                        };
-                        let per_tap = Flex::depthwise_weight_backward(x.clone(), ones, grad.clone(), s, layout);
-                        let summed: Vec<f32> = values(&per_tap).chunks_exact(k * k).map(|t| t.iter().sum()).collect();
-                        let boxed = Flex::depthwise_offset_backward(x, grad, k, s, layout);
-                        close(&values(&boxed), &summed, &format!("{layout:?} n{n} c{c} {h}x{w} k{k} s{s}"));
+                        let grad = primitive(draw(n * c * out.oh * out.ow), [n, c, out.oh, out.ow], layout);
+                        let per_tap = X::depthwise_weight_backward(x.clone(), ones, grad.clone(), s, layout);
+                        let summed: Vec<f32> = read(per_tap).chunks_exact(k * k).map(|t| t.iter().sum()).collect();
+                        let boxed = X::depthwise_offset_backward(x, grad, k, s, layout);
+                        close(&read(boxed), &summed, &format!("{layout:?} n{n} c{c} {h}x{w} k{k} s{s}"));
                     }
                 }
             }

@@ -44,9 +44,6 @@ pub fn gelu<B: GeluBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     Tensor::new(TensorPrimitive::Float(B::gelu_op(x.into_primitive().tensor())))
 }
 
-#[cfg(feature = "cuda")]
-impl GeluBackend for burn::backend::Cuda {}
-
 #[derive(Debug)]
 struct GeluBackward;
 

@@ -103,9 +103,6 @@ pub fn layer_norm<B: LayerNormBackend, const D: usize>(
     Tensor::<B, 2>::new(TensorPrimitive::Float(y)).reshape(dims)
 }
 
-#[cfg(feature = "cuda")]
-impl LayerNormBackend for burn::backend::Cuda {}
-
 #[derive(Debug)]
 struct LayerNormBackward;
 
@@ -292,9 +289,9 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::SplitMix;
     use crate::testing::{to_vec, Ad};
     use burn::tensor::ops::FloatTensorOps;
+    use masterkey_core::rng::SplitMix;
 
     /// The fused operation against the composed default (burn's own
     /// operations differentiated by autodiff), rows spanning several tasks.

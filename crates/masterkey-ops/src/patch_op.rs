@@ -59,9 +59,6 @@ pub fn patches<B: PatchBackend>(x: Tensor<B, 4>, k: usize) -> Tensor<B, 2> {
     Tensor::new(TensorPrimitive::Float(B::patches(x.into_primitive().tensor(), k)))
 }
 
-#[cfg(feature = "cuda")]
-impl PatchBackend for burn::backend::Cuda {}
-
 #[derive(Debug)]
 struct PatchesBackward;
 
