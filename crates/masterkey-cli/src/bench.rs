@@ -11,6 +11,7 @@ use masterkey_core::Bank;
 use masterkey_search::kmeans::{kmeans_from, plus_plus_seeds};
 use masterkey_search::{synthetic, KMeansOptions, NormalisedFilters};
 
+use crate::device::Device;
 use crate::ui;
 
 /// The references run on these pinned packages, installed into a cache virtualenv.
@@ -45,6 +46,9 @@ pub enum BenchCommand {
         kernel: usize,
         #[arg(long, default_value_t = 7)]
         repeats: usize,
+        /// Where masterkey runs it; PyTorch runs on the CPU, or on CUDA beside `--device cuda`.
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
     },
     /// One training step of a network (default: the reference model, `train --model reference`) with trainable
     /// and with frozen DW layers; compare with the same network in PyTorch, NCHW and channels-last.
@@ -77,20 +81,30 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Fit { filters, repeats, seed, json } => bench_fit(filters, repeats.max(1), seed, json),
-        BenchCommand::Dw { shape, kernel, repeats } => {
+        BenchCommand::Dw { shape, kernel, repeats, device } => {
+            device.ensure_built()?;
             let Ok(shape) = <[usize; 4]>::try_from(shape.as_slice()) else {
                 bail!("--shape takes NxCxHxW, found {} numbers", shape.len());
             };
             if kernel % 2 == 0 || shape.contains(&0) {
                 bail!("bench dw needs an odd kernel and a non-empty shape");
             }
-            crate::bench_dw::bench_dw(shape, kernel, repeats.max(1))
+            crate::bench_dw::bench_dw(shape, kernel, repeats.max(1), device)
         }
         BenchCommand::Step(args) => crate::bench_step::bench_step(&args),
         BenchCommand::Parity(args) => crate::bench_parity::run(*args),
         BenchCommand::Kmeans { filters, keys, iterations, noise, repeats, seed } => {
             bench_kmeans(filters, keys, iterations, noise, repeats.max(1), seed)
         }
+    }
+}
+
+/// The PyTorch device beside masterkey's: CUDA beside CUDA; PyTorch has no
+/// wgpu backend, so its CPU beside wgpu.
+pub(crate) fn torch_device(device: Device) -> &'static str {
+    match device {
+        Device::Cuda => "cuda",
+        Device::Cpu | Device::Wgpu => "cpu",
     }
 }
 
@@ -115,9 +129,15 @@ fn write_f32(path: &Path, values: &[f32]) -> Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-/// A virtualenv under the cache with the pinned reference packages, made on
-/// first use (its folder name carries the pins, so new pins make a new one).
+/// The Python of a virtualenv under the cache with the pinned `packages`,
+/// made on first use (its folder name carries the pins, so new pins make a
+/// new one); or, where
+/// `MASTERKEY_BENCH_PYTHON` names one (a machine with no package registry
+/// at hand, a GPU machine with its own PyTorch), that Python as it is.
 fn reference_python(packages: &[&str]) -> Result<PathBuf> {
+    if let Some(python) = std::env::var_os("MASTERKEY_BENCH_PYTHON") {
+        return Ok(PathBuf::from(python));
+    }
     let venv = masterkey_fetch::cache_dir().join(format!("bench-venv-{}", packages.join("-")));
     let python = venv.join("bin").join("python");
     if python.is_file() {

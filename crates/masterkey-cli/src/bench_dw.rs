@@ -4,32 +4,52 @@
 use std::time::Instant;
 
 use anyhow::Result;
+use masterkey_train::burn::tensor::backend::Backend;
 use masterkey_train::burn::tensor::{Tensor, TensorData};
 use masterkey_train::dw_op::{depthwise, depthwise_offset, Layout};
 use masterkey_train::rng::SplitMix;
-use masterkey_train::{CpuBackend, TrainBackend};
+use masterkey_train::ModelAutodiffBackend;
 
-use crate::bench::{median, run_reference_with, TORCH_PACKAGES};
+use crate::bench::{median, run_reference_with, torch_device, TORCH_PACKAGES};
+use crate::device::{Device, OnDevice};
 use crate::ui;
 
 const DW_SCRIPT: &str = include_str!("bench_dw.py");
 
-/// Median seconds of `repeats` calls of `f`.
-fn timed(repeats: usize, mut f: impl FnMut()) -> f64 {
+/// Median seconds of `repeats` calls of `f`, each waited for on the device
+/// (a GPU runs its queue asynchronously).
+fn timed<B: Backend>(device: &B::Device, repeats: usize, mut f: impl FnMut()) -> f64 {
     median(
         (0..repeats)
             .map(|_| {
                 let t0 = Instant::now();
                 f();
+                B::sync(device).expect("the device finishes its work");
                 t0.elapsed().as_secs_f64()
             })
             .collect(),
     )
 }
 
+/// The timings of [`ours`] in both layouts, on one backend, and its name.
+struct Timings {
+    shape: [usize; 4],
+    k: usize,
+    repeats: usize,
+}
+
+impl OnDevice for Timings {
+    type Output = ([[f64; 3]; 2], String);
+    fn run<B: ModelAutodiffBackend>(self) -> Result<Self::Output> {
+        let first = ours::<B>(self.shape, self.k, self.repeats, Layout::ChannelsFirst);
+        let last = ours::<B>(self.shape, self.k, self.repeats, Layout::ChannelsLast);
+        Ok(([first, last], B::name(&Default::default())))
+    }
+}
+
 /// Median seconds of the forward, trainable forward + backward and frozen
 /// forward + backward of masterkey's operation with activations in `layout`.
-fn ours(shape: [usize; 4], k: usize, repeats: usize, layout: Layout) -> [f64; 3] {
+fn ours<B: ModelAutodiffBackend>(shape: [usize; 4], k: usize, repeats: usize, layout: Layout) -> [f64; 3] {
     let [n, c, h, w] = shape;
     let dims = match layout {
         Layout::ChannelsFirst => shape,
@@ -39,21 +59,19 @@ fn ours(shape: [usize; 4], k: usize, repeats: usize, layout: Layout) -> [f64; 3]
     let mut draw = |len: usize| (0..len).map(|_| rng.normal()).collect::<Vec<f32>>();
     let (xs, ws, gs) = (draw(n * c * h * w), draw(c * k * k), draw(n * c * h * w));
     let device = Default::default();
-    let tensor = |v: &[f32], shape: [usize; 4]| {
-        Tensor::<TrainBackend, 4>::from_data(TensorData::new(v.to_vec(), shape), &device)
-    };
-    let vector = |v: Vec<f32>| Tensor::<TrainBackend, 1>::from_data(TensorData::new(v, [c]), &device).require_grad();
+    let tensor = |v: &[f32], shape: [usize; 4]| Tensor::<B, 4>::from_data(TensorData::new(v.to_vec(), shape), &device);
+    let vector = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [c]), &device).require_grad();
 
-    let x = Tensor::<CpuBackend, 4>::from_data(TensorData::new(xs.clone(), dims), &device);
-    let weight = Tensor::<CpuBackend, 4>::from_data(TensorData::new(ws.clone(), [c, 1, k, k]), &device);
-    let bias = Tensor::<CpuBackend, 1>::zeros([c], &device);
-    let forward = timed(repeats, || {
+    let x = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(xs.clone(), dims), &device);
+    let weight = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(ws.clone(), [c, 1, k, k]), &device);
+    let bias = Tensor::<B::InnerBackend, 1>::zeros([c], &device);
+    let forward = timed::<B>(&device, repeats, || {
         std::hint::black_box(depthwise(x.clone(), weight.clone(), bias.clone(), 1, layout));
     });
     // Inputs made once: a clone shares the data, so only the operation is timed (as in the script).
     let (x_data, g, weight) = (tensor(&xs, dims), tensor(&gs, dims), tensor(&ws, [c, 1, k, k]));
     let backward = |frozen: bool| {
-        timed(repeats, || {
+        timed::<B>(&device, repeats, || {
             let x = x_data.clone().require_grad();
             let bias = vector(vec![0.0; c]);
             let y = if frozen {
@@ -68,21 +86,22 @@ fn ours(shape: [usize; 4], k: usize, repeats: usize, layout: Layout) -> [f64; 3]
     [forward, backward(false), backward(true)]
 }
 
-pub fn bench_dw(shape: [usize; 4], k: usize, repeats: usize) -> Result<()> {
+pub fn bench_dw(shape: [usize; 4], k: usize, repeats: usize, device: Device) -> Result<()> {
     let [n, c, h, w] = shape;
-    let first = ours(shape, k, repeats, Layout::ChannelsFirst);
-    let last = ours(shape, k, repeats, Layout::ChannelsLast);
+    let ([first, last], backend) = device.run(Timings { shape, k, repeats })?;
     let dir = tempfile::tempdir()?;
-    let args: Vec<String> = [n, c, h, w, k, repeats].iter().map(|v| v.to_string()).collect();
+    let mut args: Vec<String> = [n, c, h, w, k, repeats].iter().map(|v| v.to_string()).collect();
+    args.push(torch_device(device).to_string());
     let reply = run_reference_with(TORCH_PACKAGES, DW_SCRIPT, dir.path(), &args)?;
     let theirs = |layout: &str, what: &str| reply[layout][what].as_f64().unwrap_or(f64::NAN);
     let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
     println!(
         "bench dw: depthwise {k}x{k} convolution, stride 1, padding {}, on {n}x{c}x{h}x{w} f32, median of {repeats}, \
-         {threads} cores; PyTorch {} ({} threads) in the same command; forward + backward = (y * g).sum() and its \
-         gradients",
+         {threads} cores; masterkey on {backend}; PyTorch {} on {} ({} threads) in the same command; forward + \
+         backward = (y * g).sum() and its gradients",
         k / 2,
         reply["torch"].as_str().unwrap_or("?"),
+        reply["device"].as_str().unwrap_or("?"),
         reply["threads"]
     );
     let mut t = ui::table(&[

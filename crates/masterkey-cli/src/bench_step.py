@@ -2,13 +2,17 @@
 # cross-entropy, backward, AdamW) of the reference model of REFERENCE §5,
 # NCHW and channels-last, with the depthwise filters trainable and frozen
 # (requires_grad off; their bias still learns). Median of `repeats` steps
-# after `warmup` untimed ones.
+# after `warmup` untimed ones. On CUDA (an 8th argument): each step waited
+# for, cuDNN autotuned, and also with bfloat16 autocast (AMP).
 import json, sys, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 batch, size, width, blocks, classes, warmup, repeats = map(int, sys.argv[1:8])
+device = torch.device(sys.argv[8] if len(sys.argv) > 8 else "cpu")
+cuda = device.type == "cuda"
+torch.backends.cudnn.benchmark = cuda
 
 
 class Block(nn.Module):
@@ -37,13 +41,14 @@ class Reference(nn.Module):
 
 
 torch.manual_seed(0)
-out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-x0 = torch.randn(batch, 3, size, size)
-y = torch.randint(0, classes, (batch,))
-for layout in ("nchw", "channels_last"):
+out = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+       "device": torch.cuda.get_device_name() if cuda else "cpu"}
+x0 = torch.randn(batch, 3, size, size, device=device)
+y = torch.randint(0, classes, (batch,), device=device)
+for amp, layout in [(False, "nchw"), (False, "channels_last")] + ([(True, "channels_last")] if cuda else []):
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     for mode in ("trainable", "frozen"):
-        model = Reference().to(memory_format=fmt)
+        model = Reference().to(device=device, memory_format=fmt)
         if mode == "frozen":
             for b in model.blocks:
                 b.dw.weight.requires_grad_(False)
@@ -53,10 +58,12 @@ for layout in ("nchw", "channels_last"):
         for i in range(warmup + repeats):
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
+            loss.item()  # waits for the step, as masterkey's reading of the loss does
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
-        out[f"{layout}/{mode}"] = sorted(times)[repeats // 2]
+        out[f"{'amp/' if amp else ''}{layout}/{mode}"] = sorted(times)[repeats // 2]
 print(json.dumps(out))

@@ -13,11 +13,12 @@ use masterkey_train::models::{Arch, ModelSpec, Network};
 use masterkey_train::optim::AdamWNoDecayOnVectors;
 use masterkey_train::rng::SplitMix;
 use masterkey_train::train::training_step;
-use masterkey_train::TrainBackend;
+use masterkey_train::ModelAutodiffBackend;
 
 use serde_json::json;
 
-use crate::bench::{median, run_reference_with, run_torch_job, TORCH_PACKAGES};
+use crate::bench::{median, run_reference_with, run_torch_job, torch_device, TORCH_PACKAGES};
+use crate::device::{Device, OnDevice};
 use crate::ui;
 
 const STEP_SCRIPT: &str = include_str!("bench_step.py");
@@ -52,6 +53,9 @@ pub struct StepArgs {
     /// Side of the random input images (ConvNeXt uses its small-input variant up to 64 px).
     #[arg(long, default_value_t = 32)]
     image_size: usize,
+    /// Where masterkey runs it; PyTorch runs on the CPU, or on CUDA (also with bfloat16 AMP) beside `--device cuda`.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
 }
 
 impl StepArgs {
@@ -75,18 +79,33 @@ impl StepArgs {
     }
 }
 
+/// Median seconds per step, trainable and frozen, and the backend's name.
+struct OurSteps<'a> {
+    spec: &'a ModelSpec,
+    args: &'a StepArgs,
+}
+
+impl OnDevice for OurSteps<'_> {
+    type Output = (f64, f64, String);
+    fn run<B: ModelAutodiffBackend>(self) -> Result<Self::Output> {
+        let trainable = our_step::<B>(self.spec, DwMode::Trainable, self.args);
+        let frozen = our_step::<B>(self.spec, DwMode::Frozen, self.args);
+        Ok((trainable, frozen, B::name(&Default::default())))
+    }
+}
+
 /// Median seconds per step of `spec` with DW layers in `mode`.
-fn our_step(spec: &ModelSpec, mode: DwMode, args: &StepArgs) -> f64 {
+fn our_step<B: ModelAutodiffBackend>(spec: &ModelSpec, mode: DwMode, args: &StepArgs) -> f64 {
     let device = Default::default();
     let plan = DwPlan { mode, keys: KeyChoice::RoundRobin, ..DwPlan::trainable(Bank::published8()) };
-    let mut model = Network::<TrainBackend>::new(spec, &plan, 0, &device);
-    let mut optimizer = AdamWNoDecayOnVectors::new(0.05).init::<TrainBackend>();
+    let mut model = Network::<B>::new(spec, &plan, 0, &device);
+    let mut optimizer = AdamWNoDecayOnVectors::new(0.05).init::<B>();
     let mut rng = SplitMix::new(0);
     let (batch, side, channels) = (args.batch, args.image_size, args.in_channels);
     let images: Vec<f32> = (0..batch * channels * side * side).map(|_| rng.normal()).collect();
     let labels: Vec<i64> = (0..batch).map(|i| (i % CLASSES) as i64).collect();
-    let x = Tensor::<TrainBackend, 4>::from_data(TensorData::new(images, [batch, channels, side, side]), &device);
-    let y = Tensor::<TrainBackend, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
+    let x = Tensor::<B, 4>::from_data(TensorData::new(images, [batch, channels, side, side]), &device);
+    let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
     let mut times = Vec::new();
     for i in 0..args.warmup + args.repeats {
         let t0 = Instant::now();
@@ -105,18 +124,20 @@ fn our_step(spec: &ModelSpec, mode: DwMode, args: &StepArgs) -> f64 {
 fn their_steps(spec: &ModelSpec, args: &StepArgs) -> Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
     if spec.arch == Arch::Reference {
-        let args: Vec<String> =
+        let mut script_args: Vec<String> =
             [args.batch, args.image_size, spec.dims[0], spec.depths[0], CLASSES, args.warmup, args.repeats]
                 .iter()
                 .map(|v| v.to_string())
                 .collect();
-        return run_reference_with(TORCH_PACKAGES, STEP_SCRIPT, dir.path(), &args);
+        script_args.push(torch_device(args.device).to_string());
+        return run_reference_with(TORCH_PACKAGES, STEP_SCRIPT, dir.path(), &script_args);
     }
     let run = json!({
         "kind": "step", "depths": spec.depths, "dims": spec.dims, "kernel": spec.dw_kernel,
         "in_channels": spec.in_channels, "classes": CLASSES, "layer_scale": spec.layer_scale_init,
         "patch": if spec.small_input { 2 } else { 4 }, "size": args.image_size, "batch_size": args.batch,
         "warmup": args.warmup, "repeats": args.repeats, "lr": 1e-3, "weight_decay": 0.05,
+        "device": torch_device(args.device),
     });
     let reply = run_torch_job(CONVNEXT_SCRIPT, dir.path(), &json!({ "runs": [run] }))?;
     let mut times = reply["runs"][0].clone();
@@ -147,24 +168,25 @@ pub fn bench_step(args: &StepArgs) -> Result<()> {
     if args.batch == 0 || args.image_size == 0 || args.in_channels == 0 || args.repeats == 0 {
         bail!("bench step needs a batch of at least one image of at least one channel and pixel, and a repeat");
     }
+    args.device.ensure_built()?;
     let spec = args.spec()?;
     let (batch, side, repeats) = (args.batch, args.image_size, args.repeats);
     eprintln!("masterkey: {} steps of batch {batch} per mode", args.warmup + repeats);
-    let trainable = our_step(&spec, DwMode::Trainable, args);
-    let frozen = our_step(&spec, DwMode::Frozen, args);
+    let (trainable, frozen, backend) = args.device.run(OurSteps { spec: &spec, args })?;
     eprintln!("PyTorch: the same, NCHW and channels-last");
     let reply = their_steps(&spec, args)?;
     let theirs = |key: &str| reply[key].as_f64().unwrap_or(f64::NAN);
     let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
     println!(
         "bench step: one training step (forward, cross-entropy, backward, AdamW lr 1e-3 wd 0.05) of {} on {batch} \
-         random {}x{side}x{side} images; median of {repeats} steps after {}; {threads} cores; PyTorch {} ({} threads) \
-         in the same command. Frozen: masterkey's published8 keys (round-robin) with a learnable offset; PyTorch's \
+         random {}x{side}x{side} images; median of {repeats} steps after {}; {threads} cores; masterkey on {backend}; \
+         PyTorch {} on {} ({} threads) in the same command. Frozen: masterkey's published8 keys (round-robin) with a learnable offset; PyTorch's \
          DW weights frozen the same way (reference model: requires_grad off).",
         describe(&spec),
         args.in_channels,
         args.warmup,
         reply["torch"].as_str().unwrap_or("?"),
+        reply["device"].as_str().unwrap_or("?"),
         reply["threads"]
     );
     let mut t = ui::table(&[
@@ -188,6 +210,16 @@ pub fn bench_step(args: &StepArgs) -> Result<()> {
         ]);
     }
     println!("{t}");
+    for key in ["trainable", "frozen"] {
+        if let Some(amp) = reply[format!("amp/channels_last/{key}")].as_f64() {
+            let ours = if key == "trainable" { trainable } else { frozen };
+            println!(
+                "PyTorch channels-last with bfloat16 AMP, {key}: {:.1} img/s ({:.2}x; masterkey runs f32)",
+                batch as f64 / amp,
+                amp / ours
+            );
+        }
+    }
     println!("(ratios = PyTorch's median step time / masterkey's, each against PyTorch with the same DW mode; above 1 masterkey is faster)");
     Ok(())
 }

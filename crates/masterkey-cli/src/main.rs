@@ -7,6 +7,7 @@ mod bench_parity;
 mod bench_step;
 mod compare_cmd;
 mod demo;
+mod device;
 mod extract;
 mod fetch_cmd;
 mod fit_cmd;

@@ -15,6 +15,7 @@ use masterkey_train::train::{
 };
 use serde::Serialize;
 
+use crate::device::{Device, OnDevice};
 use crate::{print_json, ui};
 
 /// The data a run trains on (train and small-data; universality names its sets in `--sets`).
@@ -144,9 +145,9 @@ pub struct TrainArgs {
     /// Stop abruptly after this many optimizer steps in total, as a killed run would (to test --resume).
     #[arg(long)]
     halt_after_steps: Option<u64>,
-    /// Train on the GPU (needs a build with the `cuda` feature).
-    #[arg(long)]
-    cuda: bool,
+    /// Where to train.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
 }
 
 #[derive(clap::Args)]
@@ -161,6 +162,9 @@ pub struct EvalArgs {
     batch_size: usize,
     #[arg(long)]
     json: bool,
+    /// Where to evaluate.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
 }
 
 /// Fetches (once) and verifies a data set the project fetches itself.
@@ -307,16 +311,22 @@ impl Observer for Bars {
     }
 }
 
-fn run_on<B: masterkey_train::ModelAutodiffBackend>(
-    config: &TrainConfig,
-    data: &Dataset,
-    out: &Path,
-    options: &RunOptions,
-) -> Result<Outcome> {
-    Ok(train::<B>(config, data, out, options, &mut Bars { bar: None })?)
+struct TrainJob<'a> {
+    config: &'a TrainConfig,
+    data: &'a Dataset,
+    out: &'a Path,
+    options: &'a RunOptions,
+}
+
+impl OnDevice for TrainJob<'_> {
+    type Output = Outcome;
+    fn run<B: masterkey_train::ModelAutodiffBackend>(self) -> Result<Outcome> {
+        Ok(train::<B>(self.config, self.data, self.out, self.options, &mut Bars { bar: None })?)
+    }
 }
 
 pub fn run_train(args: TrainArgs) -> Result<()> {
+    args.device.ensure_built()?;
     let data = Dataset::load(&args.data_spec(), fetch_data)?;
     let config = args.config(&data)?;
     let options = RunOptions { resume: args.resume, halt_after_steps: args.halt_after_steps, dw_snapshots: false };
@@ -333,11 +343,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         config.model.layer_scale_init.map_or("none".to_string(), |v| v.to_string()),
         config.model.init.map_or("the model's own", InitScheme::name)
     );
-    let outcome = if args.cuda {
-        run_cuda(&config, &data, &args.output, &options)?
-    } else {
-        run_on::<masterkey_train::TrainBackend>(&config, &data, &args.output, &options)?
-    };
+    let outcome = args.device.run(TrainJob { config: &config, data: &data, out: &args.output, options: &options })?;
     let summary = match outcome {
         Outcome::Finished(summary) => summary,
         Outcome::Halted { step } => {
@@ -350,16 +356,6 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     }
     print_summary(&summary);
     Ok(())
-}
-
-#[cfg(feature = "cuda")]
-fn run_cuda(config: &TrainConfig, data: &Dataset, out: &Path, options: &RunOptions) -> Result<Outcome> {
-    run_on::<masterkey_train::CudaTrainBackend>(config, data, out, options)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn run_cuda(_: &TrainConfig, _: &Dataset, _: &Path, _: &RunOptions) -> Result<Outcome> {
-    bail!("this masterkey was built without the `cuda` feature (cargo build --release --features cuda)")
 }
 
 fn print_summary(s: &Summary) {
@@ -377,6 +373,7 @@ fn print_summary(s: &Summary) {
         ),
         ("test accuracy", format!("{:.2}%", 100.0 * s.test_accuracy)),
         ("train images/s", format!("{:.1} ({})", s.train_images_per_s, s.backend)),
+        ("backend", s.backend.clone()),
         ("checkpoint", s.checkpoint.clone()),
         ("metrics", s.metrics_log.clone()),
     ];
@@ -387,7 +384,7 @@ fn print_summary(s: &Summary) {
 }
 
 #[derive(Serialize)]
-struct EvalOutput {
+pub struct EvalOutput {
     checkpoint: String,
     epochs_done: usize,
     test_accuracy: f64,
@@ -397,17 +394,25 @@ struct EvalOutput {
     dataset: String,
     mode: DwMode,
     assignment: String,
+    backend: String,
 }
 
-pub fn run_eval(args: EvalArgs) -> Result<()> {
-    let (model, state) = load_trained::<masterkey_train::CpuBackend>(&args.checkpoint)?;
+impl OnDevice for &EvalArgs {
+    type Output = EvalOutput;
+    fn run<B: masterkey_train::ModelAutodiffBackend>(self) -> Result<EvalOutput> {
+        eval_on::<B::InnerBackend>(self)
+    }
+}
+
+fn eval_on<B: masterkey_train::ModelBackend>(args: &EvalArgs) -> Result<EvalOutput> {
+    let (model, state) = load_trained::<B>(&args.checkpoint)?;
     let mut spec = state.config.data.clone();
     if args.data.is_some() {
         spec.path = args.data.clone();
     }
     let data = Dataset::load(&spec, fetch_data)?;
     let (test_loss, test_accuracy) = evaluate(&model, &data, &data.test, args.batch_size)?;
-    let out = EvalOutput {
+    Ok(EvalOutput {
         checkpoint: args.checkpoint.display().to_string(),
         epochs_done: state.epochs_done,
         test_accuracy,
@@ -417,12 +422,18 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         dataset: data.name.clone(),
         mode: state.config.dw.mode,
         assignment: state.config.assignment_label(),
-    };
+        backend: B::name(&Default::default()),
+    })
+}
+
+pub fn run_eval(args: EvalArgs) -> Result<()> {
+    args.device.ensure_built()?;
+    let out = args.device.run(&args)?;
     if args.json {
         return print_json(&out);
     }
     println!(
-        "{} after {} epochs ({} DW, assignment {}): test accuracy {:.2}% (loss {:.4}) on {} images of {}",
+        "{} after {} epochs ({} DW, assignment {}): test accuracy {:.2}% (loss {:.4}) on {} images of {}, on {}",
         out.model,
         out.epochs_done,
         out.mode,
@@ -430,7 +441,8 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         100.0 * out.test_accuracy,
         out.test_loss,
         out.test_images,
-        out.dataset
+        out.dataset,
+        out.backend
     );
     Ok(())
 }

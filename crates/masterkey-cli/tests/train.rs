@@ -77,6 +77,9 @@ fn train_prints_settings_and_a_killed_run_resumes_to_the_same_weights() {
     assert_eq!(std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap().lines().count(), 4);
     let evaluated = eval(&whole.join("checkpoint"));
     assert_eq!(evaluated["test_accuracy"], v["test_accuracy"]);
+    for result in [&v, &evaluated] {
+        assert!(result["backend"].as_str().is_some_and(|b| !b.is_empty()), "no backend named in {result}");
+    }
 
     // Kill the same run for real once its first checkpoint exists (so
     // somewhere in epoch 2 or later), then resume it.
@@ -132,6 +135,24 @@ fn bad_data_and_settings_are_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bank-init takes the round-robin or random"));
     let out = masterkey(&["eval", "--checkpoint", missing.to_str().unwrap()]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing-here"));
+
+    // A device this build has no backend for is refused before any work, in one line naming the feature.
+    let mut devices = Vec::new();
+    if cfg!(not(feature = "cuda")) {
+        devices.push("cuda");
+    }
+    if cfg!(not(feature = "wgpu")) {
+        devices.push("wgpu");
+    }
+    for device in devices {
+        let out = dir.path().join(format!("on-{device}"));
+        let args = ["train", "--dataset", "idx", "--data", d, "--device", device, "-o", out.to_str().unwrap()];
+        let run = masterkey(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        let last = err.lines().last().unwrap_or("");
+        assert!(!run.status.success() && last.contains(&format!("the `{device}` feature")), "{err}");
+        assert!(!out.join("checkpoint").exists(), "--device {device}: a checkpoint was written");
+    }
 }
 
 /// The experiments write where `-o` says and refuse the options of `train`
