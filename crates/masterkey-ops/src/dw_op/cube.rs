@@ -324,25 +324,6 @@ fn dw_offset_backward_kernel<F: Float>(
     }
 }
 
-/// Logical [N, C, H, W] of an activation tensor in the given layout.
-fn dims_nchw(shape: &Shape, channels_last: bool) -> [usize; 4] {
-    let d: [usize; 4] = shape.dims();
-    if channels_last {
-        [d[0], d[3], d[1], d[2]]
-    } else {
-        d
-    }
-}
-
-/// Shape of an activation tensor in the given layout from logical sizes.
-fn layout_shape(n: usize, c: usize, h: usize, w: usize, channels_last: bool) -> Shape {
-    if channels_last {
-        Shape::new([n, h, w, c])
-    } else {
-        Shape::new([n, c, h, w])
-    }
-}
-
 fn out_size(size: usize, k: usize, stride: usize) -> usize {
     (size + 2 * (k / 2) - k) / stride + 1
 }
@@ -364,12 +345,13 @@ fn forward<R: CubeRuntime>(
     weight: CubeTensor<R>,
     bias: CubeTensor<R>,
     stride: usize,
-    channels_last: bool,
+    layout: Layout,
 ) -> CubeTensor<R> {
+    let channels_last = layout == Layout::ChannelsLast;
     let x = into_contiguous(x);
     let weight = into_contiguous(weight);
     let bias = into_contiguous(bias);
-    let [n, c, h, w] = dims_nchw(&x.shape(), channels_last);
+    let [n, c, h, w] = layout.nchw(x.shape().dims());
     let [wc, _, k, k2] = weight.shape().dims();
     assert_eq!(wc, c);
     assert_eq!(k, k2);
@@ -377,8 +359,12 @@ fn forward<R: CubeRuntime>(
     let (ho, wo) = (out_size(h, k, stride), out_size(w, k, stride));
 
     let client = x.client.clone();
-    let y =
-        empty_device_dtype::<R>(client.clone(), x.device.clone(), layout_shape(n, c, ho, wo, channels_last), x.dtype);
+    let y = empty_device_dtype::<R>(
+        client.clone(),
+        x.device.clone(),
+        Shape::new(layout.from_nchw([n, c, ho, wo])),
+        x.dtype,
+    );
     let num_elems = n * c * ho * wo;
     let cube_dim = CubeDim::new(&client, num_elems);
     let cube_count = calculate_cube_count_elemwise(&client, num_elems, cube_dim);
@@ -407,21 +393,22 @@ fn x_backward<R: CubeRuntime>(
     weight: CubeTensor<R>,
     output_grad: CubeTensor<R>,
     stride: usize,
-    channels_last: bool,
+    layout: Layout,
 ) -> CubeTensor<R> {
+    let channels_last = layout == Layout::ChannelsLast;
     let weight = into_contiguous(weight);
     let grad = into_contiguous(output_grad);
-    let [n, c, h, w] = dims_nchw(&x.shape(), channels_last);
+    let [n, c, h, w] = layout.nchw(x.shape().dims());
     let k = weight.shape().dims::<4>()[2];
     check_kernel_size(k);
-    let [gn, gc, gh, gw] = dims_nchw(&grad.shape(), channels_last);
+    let [gn, gc, gh, gw] = layout.nchw(grad.shape().dims());
     assert_eq!([gn, gc, gh, gw], [n, c, out_size(h, k, stride), out_size(w, k, stride)]);
 
     let client = grad.client.clone();
     let dx = empty_device_dtype::<R>(
         client.clone(),
         grad.device.clone(),
-        layout_shape(n, c, h, w, channels_last),
+        Shape::new(layout.from_nchw([n, c, h, w])),
         grad.dtype,
     );
     let num_elems = n * c * h * w;
@@ -451,11 +438,12 @@ fn weight_backward<R: CubeRuntime>(
     weight: CubeTensor<R>,
     output_grad: CubeTensor<R>,
     stride: usize,
-    channels_last: bool,
+    layout: Layout,
 ) -> CubeTensor<R> {
+    let channels_last = layout == Layout::ChannelsLast;
     let x = into_contiguous(x);
     let grad = into_contiguous(output_grad);
-    let [_n, c, _h, _w] = dims_nchw(&x.shape(), channels_last);
+    let [_n, c, _h, _w] = layout.nchw(x.shape().dims());
     let [wc, _, k, _] = weight.shape().dims::<4>();
     assert_eq!(wc, c);
     check_kernel_size(k);
@@ -487,12 +475,13 @@ fn offset_backward<R: CubeRuntime>(
     output_grad: CubeTensor<R>,
     kernel: usize,
     stride: usize,
-    channels_last: bool,
+    layout: Layout,
 ) -> CubeTensor<R> {
+    let channels_last = layout == Layout::ChannelsLast;
     check_kernel_size(kernel);
     let x = into_contiguous(x);
     let grad = into_contiguous(output_grad);
-    let [_n, c, _h, _w] = dims_nchw(&x.shape(), channels_last);
+    let [_n, c, _h, _w] = layout.nchw(x.shape().dims());
 
     let client = x.client.clone();
     let out = empty_device_dtype::<R>(client.clone(), x.device.clone(), Shape::new([c]), x.dtype);
@@ -523,7 +512,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DepthwiseB
         stride: usize,
         layout: Layout,
     ) -> CubeTensor<R> {
-        forward(x, weight, bias, stride, layout == Layout::ChannelsLast)
+        forward(x, weight, bias, stride, layout)
     }
 
     fn depthwise_x_backward(
@@ -533,7 +522,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DepthwiseB
         stride: usize,
         layout: Layout,
     ) -> CubeTensor<R> {
-        x_backward(x, weight, output_grad, stride, layout == Layout::ChannelsLast)
+        x_backward(x, weight, output_grad, stride, layout)
     }
 
     fn depthwise_weight_backward(
@@ -543,7 +532,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DepthwiseB
         stride: usize,
         layout: Layout,
     ) -> CubeTensor<R> {
-        weight_backward(x, weight, output_grad, stride, layout == Layout::ChannelsLast)
+        weight_backward(x, weight, output_grad, stride, layout)
     }
 
     fn depthwise_offset_backward(
@@ -553,7 +542,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DepthwiseB
         stride: usize,
         layout: Layout,
     ) -> CubeTensor<R> {
-        offset_backward(x, output_grad, kernel, stride, layout == Layout::ChannelsLast)
+        offset_backward(x, output_grad, kernel, stride, layout)
     }
 }
 

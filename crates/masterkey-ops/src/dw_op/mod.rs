@@ -47,6 +47,15 @@ impl Layout {
         }
     }
 
+    /// The dimensions, in this layout, of a tensor of `[N, C, H, W]`.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    fn from_nchw(self, [n, c, h, w]: [usize; 4]) -> [usize; 4] {
+        match self {
+            Layout::ChannelsFirst => [n, c, h, w],
+            Layout::ChannelsLast => [n, h, w, c],
+        }
+    }
+
     fn to_first<B: Backend>(self, t: FloatTensor<B>) -> FloatTensor<B> {
         match self {
             Layout::ChannelsFirst => t,
