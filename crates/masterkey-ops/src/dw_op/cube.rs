@@ -339,172 +339,8 @@ fn reduce_block_size<R: CubeRuntime>(client: &ComputeClient<R>) -> u32 {
     1u32 << (31 - max.leading_zeros())
 }
 
-/// y = depthwise_conv2d(x, weight) + bias, same layout as x.
-fn forward<R: CubeRuntime>(
-    x: CubeTensor<R>,
-    weight: CubeTensor<R>,
-    bias: CubeTensor<R>,
-    stride: usize,
-    layout: Layout,
-) -> CubeTensor<R> {
-    let channels_last = layout == Layout::ChannelsLast;
-    let x = into_contiguous(x);
-    let weight = into_contiguous(weight);
-    let bias = into_contiguous(bias);
-    let [n, c, h, w] = layout.nchw(x.shape().dims());
-    let [wc, _, k, k2] = weight.shape().dims();
-    assert_eq!(wc, c);
-    assert_eq!(k, k2);
-    check_kernel_size(k);
-    let (ho, wo) = (out_size(h, k, stride), out_size(w, k, stride));
-
-    let client = x.client.clone();
-    let y = empty_device_dtype::<R>(
-        client.clone(),
-        x.device.clone(),
-        Shape::new(layout.from_nchw([n, c, ho, wo])),
-        x.dtype,
-    );
-    let num_elems = n * c * ho * wo;
-    let cube_dim = CubeDim::new(&client, num_elems);
-    let cube_count = calculate_cube_count_elemwise(&client, num_elems, cube_dim);
-    let dtype = x.dtype;
-
-    dw_forward_kernel::launch::<R>(
-        &client,
-        cube_count,
-        cube_dim,
-        x.into_tensor_arg(),
-        weight.into_tensor_arg(),
-        bias.into_tensor_arg(),
-        y.clone().into_tensor_arg(),
-        stride as u32,
-        num_elems,
-        k as u32,
-        channels_last,
-        dtype.into(),
-    );
-    y
-}
-
-/// dx (shape/layout of x).
-fn x_backward<R: CubeRuntime>(
-    x: CubeTensor<R>,
-    weight: CubeTensor<R>,
-    output_grad: CubeTensor<R>,
-    stride: usize,
-    layout: Layout,
-) -> CubeTensor<R> {
-    let channels_last = layout == Layout::ChannelsLast;
-    let weight = into_contiguous(weight);
-    let grad = into_contiguous(output_grad);
-    let [n, c, h, w] = layout.nchw(x.shape().dims());
-    let k = weight.shape().dims::<4>()[2];
-    check_kernel_size(k);
-    let [gn, gc, gh, gw] = layout.nchw(grad.shape().dims());
-    assert_eq!([gn, gc, gh, gw], [n, c, out_size(h, k, stride), out_size(w, k, stride)]);
-
-    let client = grad.client.clone();
-    let dx = empty_device_dtype::<R>(
-        client.clone(),
-        grad.device.clone(),
-        Shape::new(layout.from_nchw([n, c, h, w])),
-        grad.dtype,
-    );
-    let num_elems = n * c * h * w;
-    let cube_dim = CubeDim::new(&client, num_elems);
-    let cube_count = calculate_cube_count_elemwise(&client, num_elems, cube_dim);
-    let dtype = grad.dtype;
-
-    dw_x_backward_kernel::launch::<R>(
-        &client,
-        cube_count,
-        cube_dim,
-        weight.into_tensor_arg(),
-        grad.into_tensor_arg(),
-        dx.clone().into_tensor_arg(),
-        stride as u32,
-        num_elems,
-        k as u32,
-        channels_last,
-        dtype.into(),
-    );
-    dx
-}
-
-/// dweight [C, 1, k, k].
-fn weight_backward<R: CubeRuntime>(
-    x: CubeTensor<R>,
-    weight: CubeTensor<R>,
-    output_grad: CubeTensor<R>,
-    stride: usize,
-    layout: Layout,
-) -> CubeTensor<R> {
-    let channels_last = layout == Layout::ChannelsLast;
-    let x = into_contiguous(x);
-    let grad = into_contiguous(output_grad);
-    let [_n, c, _h, _w] = layout.nchw(x.shape().dims());
-    let [wc, _, k, _] = weight.shape().dims::<4>();
-    assert_eq!(wc, c);
-    check_kernel_size(k);
-
-    let client = x.client.clone();
-    let dweight = empty_device_dtype::<R>(client.clone(), x.device.clone(), Shape::new([c, 1, k, k]), x.dtype);
-    let block = reduce_block_size(&client);
-    let dtype = x.dtype;
-
-    dw_weight_backward_kernel::launch::<R>(
-        &client,
-        CubeCount::Static((k * k) as u32, c as u32, 1),
-        CubeDim::new_1d(block),
-        x.into_tensor_arg(),
-        grad.into_tensor_arg(),
-        dweight.clone().into_tensor_arg(),
-        stride as u32,
-        k as u32,
-        channels_last,
-        block,
-        dtype.into(),
-    );
-    dweight
-}
-
-/// Per-channel [C]: sum_{n,i,j} grad[n,c,i,j] * sum_{taps} x[n,c,tap position].
-fn offset_backward<R: CubeRuntime>(
-    x: CubeTensor<R>,
-    output_grad: CubeTensor<R>,
-    kernel: usize,
-    stride: usize,
-    layout: Layout,
-) -> CubeTensor<R> {
-    let channels_last = layout == Layout::ChannelsLast;
-    check_kernel_size(kernel);
-    let x = into_contiguous(x);
-    let grad = into_contiguous(output_grad);
-    let [_n, c, _h, _w] = layout.nchw(x.shape().dims());
-
-    let client = x.client.clone();
-    let out = empty_device_dtype::<R>(client.clone(), x.device.clone(), Shape::new([c]), x.dtype);
-    let block = reduce_block_size(&client);
-    let dtype = x.dtype;
-
-    dw_offset_backward_kernel::launch::<R>(
-        &client,
-        CubeCount::Static(c as u32, 1, 1),
-        CubeDim::new_1d(block),
-        x.into_tensor_arg(),
-        grad.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        stride as u32,
-        kernel as u32,
-        channels_last,
-        block,
-        dtype.into(),
-    );
-    out
-}
-
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DepthwiseBackend for CubeBackend<R, F, I, BT> {
+    /// y = depthwise_conv2d(x, weight) + bias, same layout as x.
     fn depthwise(
         x: CubeTensor<R>,
         weight: CubeTensor<R>,
@@ -512,9 +348,47 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DepthwiseB
         stride: usize,
         layout: Layout,
     ) -> CubeTensor<R> {
-        forward(x, weight, bias, stride, layout)
+        let channels_last = layout == Layout::ChannelsLast;
+        let x = into_contiguous(x);
+        let weight = into_contiguous(weight);
+        let bias = into_contiguous(bias);
+        let [n, c, h, w] = layout.nchw(x.shape().dims());
+        let [wc, _, k, k2] = weight.shape().dims();
+        assert_eq!(wc, c);
+        assert_eq!(k, k2);
+        check_kernel_size(k);
+        let (ho, wo) = (out_size(h, k, stride), out_size(w, k, stride));
+
+        let client = x.client.clone();
+        let y = empty_device_dtype::<R>(
+            client.clone(),
+            x.device.clone(),
+            Shape::new(layout.dims_from_nchw([n, c, ho, wo])),
+            x.dtype,
+        );
+        let num_elems = n * c * ho * wo;
+        let cube_dim = CubeDim::new(&client, num_elems);
+        let cube_count = calculate_cube_count_elemwise(&client, num_elems, cube_dim);
+        let dtype = x.dtype;
+
+        dw_forward_kernel::launch::<R>(
+            &client,
+            cube_count,
+            cube_dim,
+            x.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            stride as u32,
+            num_elems,
+            k as u32,
+            channels_last,
+            dtype.into(),
+        );
+        y
     }
 
+    /// dx (shape/layout of x).
     fn depthwise_x_backward(
         x: CubeTensor<R>,
         weight: CubeTensor<R>,
@@ -522,9 +396,44 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DepthwiseB
         stride: usize,
         layout: Layout,
     ) -> CubeTensor<R> {
-        x_backward(x, weight, output_grad, stride, layout)
+        let channels_last = layout == Layout::ChannelsLast;
+        let weight = into_contiguous(weight);
+        let grad = into_contiguous(output_grad);
+        let [n, c, h, w] = layout.nchw(x.shape().dims());
+        let k = weight.shape().dims::<4>()[2];
+        check_kernel_size(k);
+        let [gn, gc, gh, gw] = layout.nchw(grad.shape().dims());
+        assert_eq!([gn, gc, gh, gw], [n, c, out_size(h, k, stride), out_size(w, k, stride)]);
+
+        let client = grad.client.clone();
+        let dx = empty_device_dtype::<R>(
+            client.clone(),
+            grad.device.clone(),
+            Shape::new(layout.dims_from_nchw([n, c, h, w])),
+            grad.dtype,
+        );
+        let num_elems = n * c * h * w;
+        let cube_dim = CubeDim::new(&client, num_elems);
+        let cube_count = calculate_cube_count_elemwise(&client, num_elems, cube_dim);
+        let dtype = grad.dtype;
+
+        dw_x_backward_kernel::launch::<R>(
+            &client,
+            cube_count,
+            cube_dim,
+            weight.into_tensor_arg(),
+            grad.into_tensor_arg(),
+            dx.clone().into_tensor_arg(),
+            stride as u32,
+            num_elems,
+            k as u32,
+            channels_last,
+            dtype.into(),
+        );
+        dx
     }
 
+    /// dweight [C, 1, k, k].
     fn depthwise_weight_backward(
         x: CubeTensor<R>,
         weight: CubeTensor<R>,
@@ -532,9 +441,36 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DepthwiseB
         stride: usize,
         layout: Layout,
     ) -> CubeTensor<R> {
-        weight_backward(x, weight, output_grad, stride, layout)
+        let channels_last = layout == Layout::ChannelsLast;
+        let x = into_contiguous(x);
+        let grad = into_contiguous(output_grad);
+        let [_n, c, _h, _w] = layout.nchw(x.shape().dims());
+        let [wc, _, k, _] = weight.shape().dims::<4>();
+        assert_eq!(wc, c);
+        check_kernel_size(k);
+
+        let client = x.client.clone();
+        let dweight = empty_device_dtype::<R>(client.clone(), x.device.clone(), Shape::new([c, 1, k, k]), x.dtype);
+        let block = reduce_block_size(&client);
+        let dtype = x.dtype;
+
+        dw_weight_backward_kernel::launch::<R>(
+            &client,
+            CubeCount::Static((k * k) as u32, c as u32, 1),
+            CubeDim::new_1d(block),
+            x.into_tensor_arg(),
+            grad.into_tensor_arg(),
+            dweight.clone().into_tensor_arg(),
+            stride as u32,
+            k as u32,
+            channels_last,
+            block,
+            dtype.into(),
+        );
+        dweight
     }
 
+    /// Per-channel [C]: sum_{n,i,j} grad[n,c,i,j] * sum_{taps} x[n,c,tap position].
     fn depthwise_offset_backward(
         x: CubeTensor<R>,
         output_grad: CubeTensor<R>,
@@ -542,7 +478,31 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DepthwiseB
         stride: usize,
         layout: Layout,
     ) -> CubeTensor<R> {
-        offset_backward(x, output_grad, kernel, stride, layout)
+        let channels_last = layout == Layout::ChannelsLast;
+        check_kernel_size(kernel);
+        let x = into_contiguous(x);
+        let grad = into_contiguous(output_grad);
+        let [_n, c, _h, _w] = layout.nchw(x.shape().dims());
+
+        let client = x.client.clone();
+        let out = empty_device_dtype::<R>(client.clone(), x.device.clone(), Shape::new([c]), x.dtype);
+        let block = reduce_block_size(&client);
+        let dtype = x.dtype;
+
+        dw_offset_backward_kernel::launch::<R>(
+            &client,
+            CubeCount::Static(c as u32, 1, 1),
+            CubeDim::new_1d(block),
+            x.into_tensor_arg(),
+            grad.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            stride as u32,
+            kernel as u32,
+            channels_last,
+            block,
+            dtype.into(),
+        );
+        out
     }
 }
 

@@ -49,7 +49,7 @@ impl Layout {
 
     /// The dimensions, in this layout, of a tensor of `[N, C, H, W]`.
     #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
-    fn from_nchw(self, [n, c, h, w]: [usize; 4]) -> [usize; 4] {
+    fn dims_from_nchw(self, [n, c, h, w]: [usize; 4]) -> [usize; 4] {
         match self {
             Layout::ChannelsFirst => [n, c, h, w],
             Layout::ChannelsLast => [n, h, w, c],
