@@ -507,7 +507,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DepthwiseB
 }
 
 /// The reference tests of the CPU kernels, run on a GPU backend: wgpu (on
-/// Mesa's lavapipe where the machine has no GPU; `scripts/test-wgpu`) and
+/// Mesa's lavapipe where the machine has no GPU; `scripts/test`) and
 /// CUDA (`scripts/gpu-check`).
 #[cfg(test)]
 mod tests {
