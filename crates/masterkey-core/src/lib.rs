@@ -24,3 +24,31 @@ pub use fit::{fit_set, FilterFit, FitOptions, FitReport};
 pub use kernel::KernelSize;
 pub use layer::{DwLayer, ModelFilters};
 pub use set::{FilterSet, Provenance, SizeGroup};
+
+/// `NAMES`, `name()`, `Display` and `FromStr` for a plain enum whose values
+/// are spelled in kebab case on the command line and in saved settings.
+#[macro_export]
+macro_rules! kebab_enum {
+    ($ty:ty, $($variant:ident = $name:literal),+) => {
+        impl $ty {
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+            pub fn name(self) -> &'static str {
+                match self { $(Self::$variant => $name),+ }
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok(Self::$variant),)+
+                    _ => Err(format!("unknown value `{s}`; expected one of {}", Self::NAMES.join(", "))),
+                }
+            }
+        }
+    };
+}

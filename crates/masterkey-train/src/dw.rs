@@ -14,7 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use masterkey_core::fit::{fit_filters, FilterFit};
 use masterkey_core::kernel::{is_dead, mean_and_centered_norm, normalise, KernelSize, DEFAULT_DEAD_TOLERANCE};
-use masterkey_core::Bank;
+use masterkey_core::{kebab_enum, Bank};
 use serde::{Deserialize, Serialize};
 
 use crate::dw_op::{depthwise, depthwise_offset, DepthwiseBackend, Layout};
@@ -50,32 +50,6 @@ pub enum AssignmentKind {
     /// with the fitted `a`, `b`, freeze, go on.
     FitAndFreeze,
 }
-
-macro_rules! kebab_enum {
-    ($ty:ty, $($variant:ident = $name:literal),+) => {
-        impl $ty {
-            pub const NAMES: &'static [&'static str] = &[$($name),+];
-            pub fn name(self) -> &'static str {
-                match self { $(Self::$variant => $name),+ }
-            }
-        }
-        impl std::fmt::Display for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.name())
-            }
-        }
-        impl std::str::FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($name => Ok(Self::$variant),)+
-                    _ => Err(format!("unknown value `{s}`; expected one of {}", Self::NAMES.join(", "))),
-                }
-            }
-        }
-    };
-}
-pub(crate) use kebab_enum;
 
 kebab_enum!(DwMode, Trainable = "trainable", Frozen = "frozen", BankInit = "bank-init", RandomFrozen = "random-frozen");
 kebab_enum!(

@@ -9,7 +9,6 @@
 pub use burn;
 
 pub mod checkpoint;
-pub mod data;
 pub mod dw;
 pub mod experiment;
 pub mod layers;
@@ -19,6 +18,7 @@ pub mod state_dict;
 pub mod train;
 
 pub use masterkey_core::rng;
+pub use masterkey_data as data;
 pub use masterkey_ops::{dw_op, gelu_op, linear_op, norm_op, patch_op};
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ pub enum InitScheme {
     Pytorch,
 }
 
-crate::dw::kebab_enum!(InitScheme, Convnext = "convnext", Pytorch = "pytorch");
+masterkey_core::kebab_enum!(InitScheme, Convnext = "convnext", Pytorch = "pytorch");
 
 /// ConvNeXt's init: `trunc_normal_(std=0.02)` for every conv and linear.
 pub const CONVNEXT_INIT: WeightInit = WeightInit::TruncNormal(0.02);
@@ -78,6 +78,57 @@ impl ModelSpec {
             None => official,
             Some(InitScheme::Convnext) => CONVNEXT_INIT,
             Some(InitScheme::Pytorch) => WeightInit::PytorchDefault,
+        }
+    }
+
+    /// Refuses a specification no network can be built from (it may come
+    /// from an edited or corrupt `state.json`).
+    pub fn check(&self) -> Result<(), String> {
+        let stages = match self.arch {
+            Arch::ConvNext | Arch::ConvNextV2 => self.depths.len(),
+            Arch::Reference => 1,
+            Arch::MobileNetV2 => 0,
+        };
+        if self.depths.len() < stages || self.dims.len() < stages || self.dims[..stages].contains(&0) {
+            return Err(format!(
+                "expected {stages} stage(s) of depths and non-zero dims, found depths {:?}, dims {:?}",
+                self.depths, self.dims
+            ));
+        }
+        if stages > 0 && self.depths.len() != self.dims.len() {
+            return Err(format!("expected as many depths as dims, found {:?} and {:?}", self.depths, self.dims));
+        }
+        if self.dw_kernel % 2 == 0 || self.in_channels == 0 || self.classes == 0 {
+            return Err(format!(
+                "expected an odd DW kernel, input channels and classes, found {}, {}, {}",
+                self.dw_kernel, self.in_channels, self.classes
+            ));
+        }
+        if !(self.width_mult.is_finite() && self.width_mult > 0.0) {
+            return Err(format!("expected a positive width multiplier, found {}", self.width_mult));
+        }
+        Ok(())
+    }
+
+    /// A lower bound on the number of weights of this network: those of its
+    /// pointwise and head layers, which every DW mode keeps. A checkpoint
+    /// whose model file cannot hold them is refused before the network is
+    /// built, so a few edited bytes cannot make it allocate gigabytes.
+    pub fn weight_floor(&self) -> u64 {
+        let product = |a: usize, b: usize| (a as u64).saturating_mul(b as u64);
+        let blocks = |depth: usize, dim: usize| product(dim, dim).saturating_mul(8).saturating_mul(depth as u64);
+        match self.arch {
+            Arch::ConvNext | Arch::ConvNextV2 => {
+                let last = self.dims.last().copied().unwrap_or(0);
+                let stages = self.depths.iter().zip(&self.dims).map(|(&depth, &dim)| blocks(depth, dim));
+                stages.fold(product(last, self.classes), u64::saturating_add)
+            }
+            Arch::Reference => {
+                let (depth, dim) = (self.depths.first().copied().unwrap_or(0), self.dims.first().copied().unwrap_or(0));
+                blocks(depth, dim).saturating_add(product(dim, self.classes))
+            }
+            // The head alone: at least 90% of 1280 * max(width, 1) inputs.
+            Arch::MobileNetV2 => product((1152.0 * self.width_mult.max(1.0)) as usize, self.classes),
         }
     }
 

@@ -1,39 +1,52 @@
 //! IDX files (MNIST, Fashion-MNIST): a big-endian header `0 0 type ndim`,
 //! `ndim` u32 sizes, then the data; plain or gzip'd (detected by content).
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use masterkey_core::{Error, Result};
 
-use super::ImageSet;
+use crate::ImageSet;
 
 const UNSIGNED_BYTE: u8 = 0x08;
 
 /// An IDX array of unsigned bytes.
+#[derive(Debug)]
 pub struct IdxArray {
     pub dims: Vec<usize>,
     pub data: Vec<u8>,
 }
 
-/// Reads `path`, gunzipping when it starts with the gzip magic.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Reads `path`, gunzipping when it starts with the gzip magic. A gzip'd
+/// file is decompressed no further than its header declares (and one byte
+/// more, to notice trailing data), so a small file cannot expand without end.
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
-    let mut raw = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut raw)).map_err(|e| Error::io(path, e))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| Error::invalid(path, format!("expected gzip'd IDX, the gzip stream is broken: {e}")))?;
-        out
-    } else {
-        raw
-    };
-    parse_idx(&bytes).map_err(|m| Error::invalid(path, m))
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if !raw.starts_with(&GZIP_MAGIC) {
+        return parse_idx(raw).map_err(|m| Error::invalid(path, m));
+    }
+    let broken =
+        |e: std::io::Error| Error::invalid(path, format!("expected gzip'd IDX, the gzip stream is broken: {e}"));
+    let mut decoder = flate2::read::GzDecoder::new(&raw[..]);
+    let mut head = vec![0u8; 4];
+    decoder.read_exact(&mut head).map_err(broken)?;
+    let ndim = head[3] as usize;
+    head.resize(4 + 4 * ndim, 0);
+    decoder.read_exact(&mut head[4..]).map_err(broken)?;
+    let (dims, count) = parse_header(&head).map_err(|m| Error::invalid(path, m))?;
+    let mut data = Vec::new();
+    decoder.take(count as u64 + 1).read_to_end(&mut data).map_err(broken)?;
+    if data.len() > count {
+        return Err(Error::invalid(path, format!("IDX header says {dims:?} ({count} bytes), found more data bytes")));
+    }
+    check_length(&dims, count, data.len()).map_err(|m| Error::invalid(path, m))?;
+    Ok(IdxArray { dims, data })
 }
 
-fn parse_idx(bytes: &[u8]) -> Result<IdxArray, String> {
+/// Dimensions and element count declared by a complete IDX header.
+fn parse_header(bytes: &[u8]) -> Result<(Vec<usize>, usize), String> {
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         return Err("expected an IDX file (first two bytes 0), found something else".into());
     }
@@ -41,17 +54,30 @@ fn parse_idx(bytes: &[u8]) -> Result<IdxArray, String> {
         return Err(format!("expected IDX element type 0x08 (unsigned byte), found 0x{:02x}", bytes[2]));
     }
     let ndim = bytes[3] as usize;
-    let header = 4 + 4 * ndim;
-    if bytes.len() < header {
+    if bytes.len() < 4 + 4 * ndim {
         return Err(format!("IDX header of {ndim} dimensions is truncated"));
     }
     let dims: Vec<usize> =
         (0..ndim).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
-    let count: usize = dims.iter().product();
-    if bytes.len() - header != count {
-        return Err(format!("IDX header says {dims:?} ({count} bytes), found {} data bytes", bytes.len() - header));
+    let count = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("IDX header declares {dims:?}, more elements than memory can address"))?;
+    Ok((dims, count))
+}
+
+fn check_length(dims: &[usize], count: usize, found: usize) -> Result<(), String> {
+    if found != count {
+        return Err(format!("IDX header says {dims:?} ({count} bytes), found {found} data bytes"));
     }
-    Ok(IdxArray { dims, data: bytes[header..].to_vec() })
+    Ok(())
+}
+
+fn parse_idx(mut bytes: Vec<u8>) -> Result<IdxArray, String> {
+    let (dims, count) = parse_header(&bytes)?;
+    bytes.drain(..4 + 4 * dims.len());
+    check_length(&dims, count, bytes.len())?;
+    Ok(IdxArray { dims, data: bytes })
 }
 
 /// The first of `names` that exists in `dir`, or an error naming them all.
@@ -135,5 +161,28 @@ mod tests {
         std::fs::write(dir.path().join("train-labels-idx1-ubyte.gz"), [0x1f, 0x8b, 1, 2]).unwrap();
         let err = load_split(dir.path(), "train", "t").unwrap_err().to_string();
         assert!(err.contains("gzip"), "{err}");
+    }
+
+    /// Declared sizes are checked before anything is allocated for them: a
+    /// header whose element count overflows, and a small gzip'd file that
+    /// expands far past what its header declares, are refused.
+    #[test]
+    fn sizes_are_checked_against_the_header_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge-idx");
+        let mut huge = vec![0, 0, 8, 4];
+        huge.extend([0xff; 16]);
+        std::fs::write(&path, &huge).unwrap();
+        let err = read_idx(&path).unwrap_err().to_string();
+        assert!(err.contains("huge-idx") && err.contains("more elements than memory"), "{err}");
+
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&[0, 0, 8, 1, 0, 0, 0, 3]).unwrap();
+        gz.write_all(&vec![0u8; 64 << 20]).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 100_000, "{} bytes", bomb.len());
+        std::fs::write(&path, bomb).unwrap();
+        let err = read_idx(&path).unwrap_err().to_string();
+        assert!(err.contains("[3] (3 bytes), found more"), "{err}");
     }
 }

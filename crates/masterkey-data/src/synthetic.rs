@@ -8,9 +8,9 @@ use std::path::Path;
 
 use masterkey_core::Result;
 
-use super::idx::write_idx;
-use super::ImageSet;
-use crate::rng::SplitMix;
+use crate::idx::write_idx;
+use crate::ImageSet;
+use masterkey_core::rng::SplitMix;
 
 pub const CLASSES: usize = 9;
 

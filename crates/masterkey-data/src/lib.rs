@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use masterkey_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::dw::kebab_enum;
-use crate::rng::SplitMix;
 use folder::FolderSet;
+use masterkey_core::kebab_enum;
+use masterkey_core::rng::SplitMix;
 
 /// Images held in memory as bytes, `[N, C, H, W]`.
 #[derive(Debug, Clone)]
@@ -38,7 +38,10 @@ impl ImageSet {
         classes: usize,
     ) -> Result<Self, String> {
         let per = shape.iter().product::<usize>();
-        if labels.is_empty() || pixels.len() != labels.len() * per {
+        if per == 0 {
+            return Err(format!("expected images of at least one pixel, found shape {shape:?}"));
+        }
+        if labels.is_empty() || labels.len().checked_mul(per) != Some(pixels.len()) {
             return Err(format!("expected {} labels x {per} bytes, found {} bytes", labels.len(), pixels.len()));
         }
         Ok(ImageSet { name: name.into(), pixels, labels, shape, classes })

@@ -9,8 +9,8 @@ use std::sync::mpsc::sync_channel;
 use masterkey_core::Result;
 use rayon::prelude::*;
 
-use super::{Dataset, Split};
-use crate::rng::SplitMix;
+use crate::{Dataset, Split};
+use masterkey_core::rng::SplitMix;
 
 pub struct Batch {
     /// `[N, C, H, W]` normalised pixels.
@@ -91,7 +91,7 @@ pub fn for_each_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{ImageSet, Normalisation};
+    use crate::{ImageSet, Normalisation};
 
     fn tiny() -> Dataset {
         let set =
