@@ -5,10 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 use masterkey_core::{atomic, Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -102,15 +103,58 @@ pub fn load_state(dir: &Path) -> Result<RunState> {
             format!("expected checkpoint format {FORMAT_VERSION}, found {}", state.format_version),
         ));
     }
+    let spec = &state.config.model;
+    spec.check().map_err(|m| Error::invalid(&path, m))?;
+    let model_path = dir.join(MODEL_FILE);
+    let model_bytes = std::fs::metadata(&model_path).map_err(|e| Error::io(&model_path, e))?.len();
+    let floor = spec.weight_floor();
+    if model_bytes / 4 < floor {
+        return Err(Error::invalid(
+            &model_path,
+            format!(
+                "expected at least {floor} f32 weights for state.json's model, found a file of {model_bytes} bytes"
+            ),
+        ));
+    }
     Ok(state)
 }
 
-/// Loads the weights of the checkpoint into `model` (built with the same configuration).
+/// The shape of every parameter of a module, in visiting order.
+struct Shapes(Vec<Vec<usize>>);
+
+impl<B: Backend> ModuleVisitor<B> for Shapes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.lazy_shape().to_vec());
+    }
+}
+
+fn shapes<B: Backend>(model: &Network<B>) -> Vec<Vec<usize>> {
+    let mut shapes = Shapes(Vec::new());
+    model.visit(&mut shapes);
+    shapes.0
+}
+
+/// Loads the weights of the checkpoint into `model` (built with the same
+/// configuration). burn takes a record's tensors whatever their shapes, so
+/// each is checked against the parameter it replaces.
 pub fn load_model<B: Backend>(dir: &Path, model: Network<B>, device: &B::Device) -> Result<Network<B>> {
     let (path, bytes) = read(dir, MODEL_FILE)?;
     let record = Recorder::<B>::load(&Bytes::default(), bytes, device)
         .map_err(|e| Error::invalid(&path, format!("expected the model record of this configuration: {e}")))?;
-    Ok(model.load_record(record))
+    let expected = shapes(&model);
+    let model = model.load_record(record);
+    let found = shapes(&model);
+    if let Some(i) = (0..expected.len()).find(|&i| expected.get(i) != found.get(i)) {
+        return Err(Error::invalid(
+            &path,
+            format!(
+                "expected parameter {i} of shape {:?} as state.json's model has, found {:?}",
+                expected[i],
+                found.get(i)
+            ),
+        ));
+    }
+    Ok(model)
 }
 
 pub fn load_optimizer<B: AutodiffBackend, O: Optimizer<Network<B>, B>>(

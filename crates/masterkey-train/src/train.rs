@@ -86,7 +86,8 @@ fn every_epoch() -> usize {
 }
 
 impl TrainConfig {
-    fn check(&self) -> Result<()> {
+    /// Refuses settings no run can have (checked again when a run starts).
+    pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Other(m));
         let (mode, assignment) = (self.dw.mode, self.dw.assignment);
         if self.epochs == 0 || self.batch_size == 0 || self.eval_every == 0 {
@@ -578,6 +579,46 @@ mod tests {
             Outcome::Finished(s) => *s,
             Outcome::Halted { step } => panic!("halted at step {step}"),
         }
+    }
+
+    /// A checkpoint whose state.json and model.mpk disagree is refused with
+    /// one line naming the file: a model the weights file is far too small
+    /// for (before the network is built), a specification no network has,
+    /// and weights of another shape (burn would take them as they are).
+    #[test]
+    fn checkpoints_whose_state_and_weights_disagree_are_refused() {
+        let data = tiny_data(32);
+        let dir = |dims: usize| {
+            let mut config = tiny_config(DwMode::Trainable, AssignmentKind::RoundRobin);
+            (config.epochs, config.model.dims) = (1, vec![dims]);
+            let out = tempfile::tempdir().unwrap();
+            finish(train::<Ad>(&config, &data, out.path(), &RunOptions::default(), &mut Quiet).unwrap());
+            out
+        };
+        let (wide, narrow) = (dir(16), dir(8));
+        let load = |d: &tempfile::TempDir| {
+            load_trained::<crate::CpuBackend>(&d.path().join(CHECKPOINT_DIR)).map(|_| ()).unwrap_err().to_string()
+        };
+        let state_path = narrow.path().join(CHECKPOINT_DIR).join(checkpoint::STATE_FILE);
+        let state = std::fs::read_to_string(&state_path).unwrap();
+        let edit = |from: &str, to: &str| {
+            assert!(state.contains(from), "{from} in {state}");
+            std::fs::write(&state_path, state.replacen(from, to, 1)).unwrap();
+        };
+
+        edit("\"dims\": [\n        8\n      ]", "\"dims\": [\n        8000000\n      ]");
+        let err = load(&narrow);
+        assert!(err.contains("model.mpk") && err.contains("f32 weights for state.json's model"), "{err}");
+        edit("\"dw_kernel\": 7", "\"dw_kernel\": 4");
+        let err = load(&narrow);
+        assert!(err.contains("state.json") && err.contains("expected an odd DW kernel"), "{err}");
+
+        std::fs::write(&state_path, &state).unwrap();
+        let model = |d: &tempfile::TempDir| d.path().join(CHECKPOINT_DIR).join(checkpoint::MODEL_FILE);
+        std::fs::copy(model(&wide), model(&narrow)).unwrap();
+        let err = load(&narrow);
+        assert!(err.contains("model.mpk") && err.contains("expected parameter 0 of shape [8, 1, 3, 3]"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 
     /// A few steps of the tiny reference model on wgpu (Mesa's lavapipe
