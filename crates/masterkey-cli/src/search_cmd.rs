@@ -37,41 +37,46 @@ pub struct Args {
     /// Kernel size to search, e.g. 7x7 (default: the size with the most non-dead filters).
     #[arg(long)]
     kernel: Option<KernelSize>,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// k-means: independent seedings, the best kept.
-    #[arg(long, default_value_t = KMeansOptions::default().restarts)]
-    restarts: usize,
-    /// k-means: most Lloyd iterations per run.
-    #[arg(long, default_value_t = KMeansOptions::default().max_iter)]
-    max_iter: usize,
+    /// Seed of k-means++ and of the autoencoder [default: 1].
+    #[arg(long)]
+    seed: Option<u64>,
+    // The options of one method or score are `Option`s so that giving them
+    // to another is refused rather than ignored; their defaults are applied
+    // in `run`.
+    /// k-means: independent seedings, the best kept [default: 3].
+    #[arg(long)]
+    restarts: Option<usize>,
+    /// k-means: most Lloyd iterations per run [default: 100].
+    #[arg(long)]
+    max_iter: Option<usize>,
     /// The coverage-vs-K curve covers K = 1..=max-k (and K, if larger).
     #[arg(long, default_value_t = 16)]
     max_k: usize,
-    /// autoencoder: candidates decoded uniformly along the latent.
-    #[arg(long, default_value_t = AutoencoderOptions::default().candidates)]
-    candidates: usize,
-    /// autoencoder: training steps (mini-batches).
-    #[arg(long, default_value_t = AutoencoderOptions::default().steps)]
-    steps: usize,
-    /// autoencoder: rounds of local resampling of the latents around the survivors (0: none).
-    #[arg(long, default_value_t = AutoencoderOptions::default().refine_rounds)]
-    refine_rounds: usize,
+    /// autoencoder: candidates decoded uniformly along the latent [default: 50].
+    #[arg(long)]
+    candidates: Option<usize>,
+    /// autoencoder: training steps (mini-batches) [default: 3000].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// autoencoder: rounds of local resampling of the latents around the survivors (0: none)
+    /// [default: 3].
+    #[arg(long)]
+    refine_rounds: Option<usize>,
     /// autoencoder: what elimination keeps high: `mean` (mean |cos| of the best fits),
     /// `coverage:T` (share of filters with |cos| >= T), or `probe:MODEL` (EfficientNet-Lite0
     /// weights or the id efficientnet-lite0: minus the mean KL divergence of the network's outputs
     /// from the original's once its depthwise layers of the searched size are fitted to the keys;
     /// about 0.04 s per probe image per call, so pair it with fewer --candidates, a smaller
-    /// --max-k and --refine-rounds 0).
-    #[arg(long, default_value = "mean", value_parser = parse_score)]
-    score: ScoreArg,
-    /// `--score probe:`: random views of the shipped photos per call.
-    #[arg(long, default_value_t = 16)]
-    probe_views: usize,
+    /// --max-k and --refine-rounds 0) [default: mean].
+    #[arg(long, value_parser = parse_score)]
+    score: Option<ScoreArg>,
+    /// `--score probe:`: random views of the shipped photos per call [default: 16].
+    #[arg(long)]
+    probe_views: Option<usize>,
     /// `--score probe:`: seed of those views (`masterkey probe` uses seed 0 by default, so it
-    /// evaluates the bank on other views than the ones that chose it).
-    #[arg(long, default_value_t = 1)]
-    probe_seed: u64,
+    /// evaluates the bank on other views than the ones that chose it) [default: 1].
+    #[arg(long)]
+    probe_seed: Option<u64>,
     /// |cos| thresholds for coverage.
     #[arg(long, value_delimiter = ',', default_values_t = FitOptions::default().thresholds)]
     thresholds: Vec<f32>,
@@ -144,6 +149,18 @@ pub fn save_outcome(outcome: &SearchOutcome, bank_file: &Path) -> Result<()> {
     crate::pictures::bank_png(&outcome.bank, &bank_file.with_extension("png"))
 }
 
+const DEFAULT_SEED: u64 = 1;
+const DEFAULT_PROBE_VIEWS: usize = 16;
+const DEFAULT_PROBE_SEED: u64 = 1;
+
+/// Refuses the options in `given` that were given, unless `applies`.
+fn refuse_unless(applies: bool, context: &str, given: &[(&str, bool)]) -> Result<()> {
+    match given.iter().find(|(_, was_given)| *was_given) {
+        Some((option, _)) if !applies => bail!("{option} applies to {context} only"),
+        _ => Ok(()),
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let (set, _) = crate::extract::read_models(&args.inputs, args.read.dead_tol)?;
     let group = pick_group(&set, args.kernel)?;
@@ -151,36 +168,69 @@ pub fn run(args: Args) -> Result<()> {
     if filters.is_empty() {
         bail!("all {} filters of kernel {} are dead; nothing to search", group.len(), group.kernel);
     }
+    let is_kmeans = matches!(args.method, MethodArg::Kmeans);
+    let is_autoencoder = matches!(args.method, MethodArg::Autoencoder);
+    let is_probe = matches!(args.score, Some(ScoreArg::Probe(_)));
+    refuse_unless(
+        is_kmeans,
+        "--method kmeans",
+        &[("--restarts", args.restarts.is_some()), ("--max-iter", args.max_iter.is_some())],
+    )?;
+    refuse_unless(
+        is_autoencoder,
+        "--method autoencoder",
+        &[
+            ("--candidates", args.candidates.is_some()),
+            ("--steps", args.steps.is_some()),
+            ("--refine-rounds", args.refine_rounds.is_some()),
+            ("--score", args.score.is_some()),
+        ],
+    )?;
+    refuse_unless(
+        is_probe,
+        "--score probe:MODEL",
+        &[("--probe-views", args.probe_views.is_some()), ("--probe-seed", args.probe_seed.is_some())],
+    )?;
+    if matches!(args.method, MethodArg::Pca) && args.seed.is_some() {
+        bail!("--seed applies to --method kmeans and autoencoder only (PCA draws nothing)");
+    }
+    let score = args.score.clone().unwrap_or(ScoreArg::Fit(AutoencoderOptions::default().objective));
     let method = match args.method {
-        MethodArg::Kmeans => Method::KMeans(KMeansOptions {
-            restarts: args.restarts,
-            max_iter: args.max_iter,
-            seed: args.seed,
-            ..KMeansOptions::default()
-        }),
-        MethodArg::Autoencoder => Method::Autoencoder(AutoencoderOptions {
-            candidates: args.candidates,
-            steps: args.steps,
-            refine_rounds: args.refine_rounds,
-            objective: match args.score {
-                ScoreArg::Fit(objective) => objective,
-                ScoreArg::Probe(_) => AutoencoderOptions::default().objective,
-            },
-            seed: args.seed,
-            ..AutoencoderOptions::default()
-        }),
+        MethodArg::Kmeans => {
+            let defaults = KMeansOptions::default();
+            Method::KMeans(KMeansOptions {
+                restarts: args.restarts.unwrap_or(defaults.restarts),
+                max_iter: args.max_iter.unwrap_or(defaults.max_iter),
+                seed: args.seed.unwrap_or(DEFAULT_SEED),
+                ..defaults
+            })
+        }
+        MethodArg::Autoencoder => {
+            let defaults = AutoencoderOptions::default();
+            Method::Autoencoder(AutoencoderOptions {
+                candidates: args.candidates.unwrap_or(defaults.candidates),
+                steps: args.steps.unwrap_or(defaults.steps),
+                refine_rounds: args.refine_rounds.unwrap_or(defaults.refine_rounds),
+                objective: match score {
+                    ScoreArg::Fit(objective) => objective,
+                    ScoreArg::Probe(_) => defaults.objective,
+                },
+                seed: args.seed.unwrap_or(DEFAULT_SEED),
+                ..defaults
+            })
+        }
         MethodArg::Pca => Method::Pca,
     };
     let options = SearchOptions { method, k: args.keys, max_k: args.max_k, thresholds: args.thresholds.clone() };
     let set_label = args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
 
-    let probe = match &args.score {
-        ScoreArg::Probe(model) => {
-            if !matches!(args.method, MethodArg::Autoencoder) {
-                bail!("--score probe:{model} drives the autoencoder's elimination; add --method autoencoder");
-            }
-            Some(probe_scorer(model, filters.kernel, args.probe_views, args.probe_seed)?)
-        }
+    let probe = match &score {
+        ScoreArg::Probe(model) => Some(probe_scorer(
+            model,
+            filters.kernel,
+            args.probe_views.unwrap_or(DEFAULT_PROBE_VIEWS),
+            args.probe_seed.unwrap_or(DEFAULT_PROBE_SEED),
+        )?),
         ScoreArg::Fit(_) => None,
     };
 

@@ -329,6 +329,8 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     args.device.ensure_built()?;
     let data = Dataset::load(&args.data_spec(), fetch_data)?;
     let config = args.config(&data)?;
+    // Bad settings end in one line, before the settings line below.
+    config.check()?;
     let options = RunOptions { resume: args.resume, halt_after_steps: args.halt_after_steps, dw_snapshots: false };
     eprintln!(
         "{} on {} ({} train / {} test, fraction {}), DW {} (bank {}, assignment {}), layer scale init {}, init {}",

@@ -103,9 +103,7 @@ fn autoencoder_and_pca_searches_write_banks_of_the_asked_size() {
     let dir = tempfile::tempdir().unwrap();
     let set = dir.path().join("set");
     write_set(&set, 10);
-    for (method, extra) in
-        [("autoencoder", ["--steps", "200", "--candidates", "12"]), ("pca", ["--seed", "1", "--restarts", "1"])]
-    {
+    for (method, extra) in [("autoencoder", &["--steps", "200", "--candidates", "12"][..]), ("pca", &[][..])] {
         let bank_file = dir.path().join(format!("{method}.safetensors"));
         let v = json_of(&masterkey(
             &[
@@ -130,6 +128,13 @@ fn autoencoder_and_pca_searches_write_banks_of_the_asked_size() {
         assert_eq!(v["curve"]["points"].as_array().unwrap().len(), 4, "{method}");
         assert!(v["bank"]["source"].as_str().unwrap().starts_with(method), "{method}");
         assert_eq!(Bank::load(&bank_file).unwrap().len(), 3, "{method}");
+    }
+    // Options of another method are refused, not ignored.
+    for option in [["--seed", "1"], ["--restarts", "1"], ["--steps", "5"]] {
+        let out =
+            masterkey(&[&["search", set.to_str().unwrap(), "-k", "3", "--method", "pca"][..], &option[..]].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.trim_end().lines().count() == 1 && err.contains(option[0]), "{err}");
     }
 }
 

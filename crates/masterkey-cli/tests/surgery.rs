@@ -195,7 +195,7 @@ fn autoencoder_search_can_be_driven_by_the_probe() {
 
     let out = masterkey(&["search", lite0.to_str().unwrap(), "--score", &probe_arg]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("add --method autoencoder"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--score applies to --method autoencoder only"));
 }
 
 #[test]
