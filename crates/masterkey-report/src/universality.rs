@@ -42,6 +42,8 @@ struct Pooled {
 #[derive(Deserialize)]
 struct EpochStats {
     similarity_to_init: f64,
+    #[serde(default)]
+    similarity_to_earlier: Option<f64>,
     stats: SetStats,
 }
 
@@ -154,9 +156,16 @@ pub fn section(dir: &Path) -> Result<Option<Section>> {
         })
         .collect();
     body.push_str(&table(&header, &rows));
-    let header =
-        ["data set", "seed", "test accuracy", "mean |cos| to own init", "published8 mean |cos|", "matched (k-means)"]
-            .map(String::from);
+    let header = [
+        "data set",
+        "seed",
+        "test accuracy",
+        "mean |cos| to own init",
+        "mean |cos| to 3 epochs before",
+        "published8 mean |cos|",
+        "matched (k-means)",
+    ]
+    .map(String::from);
     let rows: Vec<Vec<String>> = exp
         .runs
         .iter()
@@ -167,6 +176,7 @@ pub fn section(dir: &Path) -> Result<Option<Section>> {
                 r.seed.to_string(),
                 format!("{:.2}%", 100.0 * r.test_accuracy),
                 format!("{:.3}", last.similarity_to_init),
+                last.similarity_to_earlier.map_or("-".into(), |s| format!("{s:.4}")),
                 format!("{:.3} -> {:.3}", first.stats.published8.mean_abs_cos, last.stats.published8.mean_abs_cos),
                 format!("{:.3} -> {:.3}", first.stats.kmeans.mean_matched, last.stats.kmeans.mean_matched),
             ]

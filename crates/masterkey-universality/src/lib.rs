@@ -42,8 +42,18 @@ pub struct EpochStats {
     pub epoch: usize,
     /// Mean `|cos|` of each filter to its own initial value.
     pub similarity_to_init: f64,
+    /// Mean `|cos|` of each filter to itself [`SETTLE_GAP`] epochs earlier
+    /// (from that epoch on): above [`SETTLED`], the filters have stopped moving.
+    #[serde(default)]
+    pub similarity_to_earlier: Option<f64>,
     pub stats: SetStats,
 }
+
+/// How many epochs back a snapshot is compared with to tell whether the
+/// filters still move.
+pub const SETTLE_GAP: usize = 3;
+/// The mean `|cos|` to the earlier snapshot above which they do not.
+pub const SETTLED: f64 = 0.99;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunStats {
@@ -142,6 +152,10 @@ pub fn run_universality<B: ModelAutodiffBackend>(
                 epochs.push(EpochStats {
                     epoch,
                     similarity_to_init: similarity_to(&snapshots[0], snapshot, kernel)?,
+                    similarity_to_earlier: match epoch.checked_sub(SETTLE_GAP) {
+                        Some(earlier) => Some(similarity_to(&snapshots[earlier], snapshot, kernel)?),
+                        None => None,
+                    },
                     stats: analyse(snapshot, kernel, analysis, ends, seed)?,
                 });
             }

@@ -10,7 +10,7 @@ use masterkey_render::FilterGrid;
 use masterkey_report::charts::{line_chart, Axes, Series, SeriesLabelPosition};
 
 use crate::analysis::{Coverage, FoundBank, REDISCOVERED};
-use crate::{PooledStats, UniversalityReport};
+use crate::{PooledStats, UniversalityReport, SETTLED, SETTLE_GAP};
 
 fn pair(c: &Coverage) -> String {
     format!("{:.3} / {:.1}%", c.mean_abs_cos, 100.0 * c.coverage)
@@ -82,8 +82,8 @@ pub fn markdown(report: &UniversalityReport) -> String {
     let _ = writeln!(
         md,
         "\nPer run (initialisation -> trained):\n\n\
-         | data set | seed | test accuracy | mean \\|cos\\| to own init | published8 mean \\|cos\\| | matched (k-means) | matched (autoencoder) |\n\
-         |---|---|---|---|---|---|---|"
+         | data set | seed | test accuracy | mean \\|cos\\| to own init | mean \\|cos\\| to {SETTLE_GAP} epochs before (settled: >= {SETTLED}) | published8 mean \\|cos\\| | matched (k-means) | matched (autoencoder) |\n\
+         |---|---|---|---|---|---|---|---|"
     );
     for r in &report.runs {
         let (first, last) = (&r.epochs[0], &r.epochs[r.epochs.len() - 1]);
@@ -92,11 +92,13 @@ pub fn markdown(report: &UniversalityReport) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.2}% | {:.3} | {:.3} -> {:.3} | {:.3} -> {:.3} | {} -> {} |",
+            "| {} | {} | {:.2}% | {:.3} | {} | {:.3} -> {:.3} | {:.3} -> {:.3} | {} -> {} |",
             r.dataset,
             r.seed,
             100.0 * r.test_accuracy,
             last.similarity_to_init,
+            last.similarity_to_earlier
+                .map_or("-".into(), |s| format!("{s:.4} ({})", if s >= SETTLED { "settled" } else { "still moving" })),
             first.stats.published8.mean_abs_cos,
             last.stats.published8.mean_abs_cos,
             first.stats.kmeans.mean_matched,
