@@ -3,6 +3,7 @@
 //! which published keys its own bank rediscovers.
 
 use masterkey_core::{fit_set, Bank, Error, FilterSet, FitOptions, KernelSize, Result};
+use masterkey_scalespace::ideal8;
 use masterkey_search::{
     compare, search, AutoencoderOptions, KChoice, KMeansOptions, Method, NormalisedFilters, SearchOptions,
 };
@@ -32,6 +33,10 @@ pub struct FoundBank {
     /// Matched `|cos|` of each published8 key (published order; sign and the
     /// square's 8 symmetries allowed; 0 where unmatched).
     pub matched: Vec<f64>,
+    /// The same with each key as it is (sign allowed, no symmetries): a
+    /// network may learn a published key turned or mirrored.
+    #[serde(default)]
+    pub matched_oriented: Vec<f64>,
     pub mean_matched: f64,
     /// Labels of the published keys matched at `|cos| >= REDISCOVERED`.
     pub rediscovered: Vec<String>,
@@ -47,6 +52,10 @@ pub struct SetStats {
     pub published8: Coverage,
     /// Mean over random banks of K keys (seeds `RANDOM_SEEDS`).
     pub random: Coverage,
+    /// Coverage by the idealised scale-space bank (`ideal8`: each published
+    /// key's Gaussian-derivative model), a fourth reference.
+    #[serde(default)]
+    pub scalespace: Option<Coverage>,
     pub kmeans: FoundBank,
     /// The paper's route; only where asked (it costs more).
     pub autoencoder: Option<FoundBank>,
@@ -102,10 +111,13 @@ pub fn analyse(
         let outcome = search(&filters, "a trained network's DW filters", &options, None, &|_, _, _| {})?;
         let own = coverage(&only, &outcome.bank)?;
         let comparison = compare(&outcome.bank, &published, true);
-        let mut matched = vec![0.0; published.len()];
-        for pair in &comparison.pairs {
-            matched[pair.b] = pair.abs_cos;
-        }
+        let per_key = |pairs: &[masterkey_search::KeyMatch]| {
+            let mut matched = vec![0.0; published.len()];
+            pairs.iter().for_each(|pair| matched[pair.b] = pair.abs_cos);
+            matched
+        };
+        let matched = per_key(&comparison.pairs);
+        let matched_oriented = per_key(&compare(&outcome.bank, &published, false).pairs);
         let rediscovered =
             (0..published.len()).filter(|&i| matched[i] >= REDISCOVERED).map(|i| published.labels[i].clone()).collect();
         // Found keys in the order of the published keys they match, then the unmatched ones.
@@ -118,6 +130,7 @@ pub fn analyse(
             coverage: own,
             mean_matched: matched.iter().sum::<f64>() / matched.len() as f64,
             matched,
+            matched_oriented,
             rediscovered,
             keys: order.iter().flat_map(|&a| outcome.bank.key(a).to_vec()).collect(),
         })
@@ -128,7 +141,11 @@ pub fn analyse(
     } else {
         None
     };
-    Ok(SetStats { filters: filters.len(), published8, random, kmeans, autoencoder })
+    let scalespace = match kernel.h == kernel.w {
+        true => Some(coverage(&only, &ideal8(kernel.h).map_err(|e| Error::Other(e.to_string()))?)?),
+        false => None,
+    };
+    Ok(SetStats { filters: filters.len(), published8, random, scalespace, kmeans, autoencoder })
 }
 
 /// Mean `|cos|` between each live filter and the same filter in `before`
@@ -195,6 +212,10 @@ mod tests {
         assert!(stats.random.mean_abs_cos < 0.6, "{:?}", stats.random);
         assert_eq!(stats.kmeans.rediscovered.len(), 8, "{:?}", stats.kmeans.matched);
         assert_eq!(stats.kmeans.keys.len(), 8 * taps);
+        // The copies keep the keys' orientation, and the idealised keys model them.
+        assert!(stats.kmeans.matched_oriented.iter().all(|&m| m > 0.9), "{:?}", stats.kmeans.matched_oriented);
+        let ideal = stats.scalespace.expect("7x7 is square");
+        assert!(ideal.mean_abs_cos > 0.8 && ideal.mean_abs_cos > stats.random.mean_abs_cos + 0.2, "{ideal:?}");
 
         let random: Vec<f32> = (0..480 * taps).map(|_| noise()).collect();
         let stats = analyse(&set_of(random.clone(), bank.kernel), bank.kernel, &options, false, 1).unwrap();

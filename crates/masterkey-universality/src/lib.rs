@@ -303,7 +303,9 @@ mod tests {
         let md = std::fs::read_to_string(results.join("results.md")).unwrap();
         assert!(md.contains("| all | trained (4 runs) | 128 |"), "{md}");
         assert!(
-            md.contains("| key | k-means, initialisation | autoencoder, initialisation | k-means, trained |"),
+            md.contains(
+                "| key | k-means, initialisation | k-means as oriented, initialisation | autoencoder, initialisation |"
+            ),
             "{md}"
         );
         assert_eq!(md.lines().filter(|l| l.starts_with("| key")).count(), 1 + 8, "{md}");

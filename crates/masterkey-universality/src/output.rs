@@ -59,8 +59,8 @@ pub fn markdown(report: &UniversalityReport) -> String {
     let _ = writeln!(
         md,
         "| data set | filters of | live filters | published8: mean \\|cos\\| / coverage | own K={k} (k-means) | random K={k} | \
-         matched (k-means) | rediscovered (k-means) | matched (autoencoder) | rediscovered (autoencoder) |\n\
-         |---|---|---|---|---|---|---|---|---|---|",
+         idealised scale-space 8 | matched (k-means) | rediscovered (k-means) | matched (autoencoder) | rediscovered (autoencoder) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|",
         k = report.k
     );
     for p in &report.pooled {
@@ -69,14 +69,15 @@ pub fn markdown(report: &UniversalityReport) -> String {
         let [ae, ae_keys] = found_cells(s.autoencoder.as_ref());
         let _ = writeln!(
             md,
-            "| {} | {} ({} runs) | {} | {} | {} | {} | {km} | {km_keys} | {ae} | {ae_keys} |",
+            "| {} | {} ({} runs) | {} | {} | {} | {} | {} | {km} | {km_keys} | {ae} | {ae_keys} |",
             p.dataset,
             p.when,
             p.runs,
             s.filters,
             pair(&s.published8),
             pair(&s.kmeans.coverage),
-            pair(&s.random)
+            pair(&s.random),
+            s.scalespace.as_ref().map_or("-".into(), pair)
         );
     }
     let _ = writeln!(
@@ -111,20 +112,25 @@ pub fn markdown(report: &UniversalityReport) -> String {
     let groups: Vec<&PooledStats> =
         report.pooled.iter().filter(|p| p.dataset == "all" || report.datasets.len() == 1).collect();
     if !groups.is_empty() {
-        let _ = write!(md, "\nMatched |cos| per published8 key, all runs pooled:\n\n| key |");
+        let _ = write!(
+            md,
+            "\nMatched |cos| per published8 key, all runs pooled (the square's symmetries allowed; k-means also \
+             with each key as it is, orientation kept):\n\n| key |"
+        );
         for g in &groups {
-            let _ = write!(md, " k-means, {} | autoencoder, {} |", g.when, g.when);
+            let _ = write!(md, " k-means, {} | k-means as oriented, {} | autoencoder, {} |", g.when, g.when, g.when);
         }
         let _ = write!(md, "\n|---|");
         for _ in &groups {
-            md.push_str("---|---|");
+            md.push_str("---|---|---|");
         }
         md.push('\n');
         for (i, label) in published.labels.iter().enumerate() {
             let _ = write!(md, "| {label} |");
             for g in &groups {
+                let oriented = g.stats.kmeans.matched_oriented.get(i).map_or("-".into(), |m| format!("{m:.3}"));
                 let ae = g.stats.autoencoder.as_ref().map_or("-".into(), |b| format!("{:.3}", b.matched[i]));
-                let _ = write!(md, " {:.3} | {ae} |", g.stats.kmeans.matched[i]);
+                let _ = write!(md, " {:.3} | {oriented} | {ae} |", g.stats.kmeans.matched[i]);
             }
             md.push('\n');
         }
