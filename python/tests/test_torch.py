@@ -4,6 +4,7 @@ gradients, state dicts, and a two-process DDP run on CPU (gloo)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -76,8 +77,15 @@ def trainer_fixture(tmp_path_factory):
     """Frozen DW layers of `masterkey train` with their inputs, outputs and
     gradients, written by the Rust example frozen_dw_fixture."""
     out = tmp_path_factory.mktemp("fixture") / "frozen_dw.json"
-    command = ["cargo", "run", "-q", "-p", "masterkey-train", "--example", "frozen_dw_fixture", "--", str(out)]
-    subprocess.run(command, cwd=ROOT, check=True)
+    # The example `cargo test --workspace` built (with the features that
+    # scripts/test gives it; a `cargo run` without them would build the
+    # training stack again), else built here.
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    built = target / "debug" / "examples" / "frozen_dw_fixture"
+    command = [str(built)] if built.is_file() else [
+        "cargo", "run", "-q", "-p", "masterkey-train", "--example", "frozen_dw_fixture", "--"
+    ]
+    subprocess.run([*command, str(out)], cwd=ROOT, check=True)
     return json.loads(out.read_text())["cases"]
 
 
