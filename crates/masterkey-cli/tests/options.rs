@@ -117,7 +117,7 @@ fn fixtures() -> Fixtures {
     write_state_dict(Path::new(&f.path("statedict")));
     std::fs::create_dir(f.path("data")).unwrap();
     synthetic::write_idx_folder(Path::new(&f.path("data")), 40, 20, 16, 1).unwrap();
-    let mut train: Vec<String> = TRAIN.iter().map(|a| f.expand(a)).collect();
+    let mut train: Vec<String> = base("train").iter().map(|a| f.expand(a)).collect();
     train.extend(["-o".into(), f.path("run")]);
     masterkey_ok(&train.iter().map(String::as_str).collect::<Vec<_>>());
     f
@@ -134,73 +134,9 @@ fn write_state_dict(path: &Path) {
     safetensors::serialize_to_file(tensors, None, path).unwrap();
 }
 
-/// A tiny network on synthetic stripes, one epoch: the base of `train`.
-const TRAIN: &[&str] = &[
-    "train",
-    "--dataset",
-    "idx",
-    "--data",
-    "{data}",
-    "--model",
-    "reference",
-    "--depths",
-    "1",
-    "--dims",
-    "8",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "16",
-    "--json",
-];
-
-/// The experiments on the same data and network, one arm, fraction, seed.
-const SMALL_DATA: &[&str] = &[
-    "experiment",
-    "small-data",
-    "--dataset",
-    "idx",
-    "--data",
-    "{data}",
-    "--model",
-    "reference",
-    "--depths",
-    "1",
-    "--dims",
-    "8",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "16",
-    "--fractions",
-    "0.5",
-    "--seeds",
-    "0",
-    "--arms",
-    "trainable",
-    "--json",
-];
-const UNIVERSALITY: &[&str] = &[
-    "experiment",
-    "universality",
-    "--sets",
-    "idx={data}:1",
-    "--model",
-    "reference",
-    "--depths",
-    "1",
-    "--dims",
-    "8",
-    "--batch-size",
-    "16",
-    "--seeds",
-    "0",
-    "--autoencoder-steps",
-    "5",
-    "--k",
-    "2",
-    "--json",
-];
+/// A tiny network on synthetic stripes, one epoch, in `train` and the experiments.
+const NETWORK: &[&str] = &["--model", "reference", "--depths", "1", "--dims", "8", "--batch-size", "16"];
+const DATA: &[&str] = &["--dataset", "idx", "--data", "{data}", "--epochs", "1"];
 
 /// Each command's base arguments (the command words first).
 fn base(command: &str) -> Vec<&'static str> {
@@ -217,10 +153,16 @@ fn base(command: &str) -> Vec<&'static str> {
         "scalespace kernel" => &["scalespace", "kernel", "gauss", "--sigma-x", "1"],
         "search" => &["search", "{set}", "--kernel", "5x5", "-k", "4"],
         "compare" => &["compare", "published8", "{bank}"],
-        "train" => TRAIN,
+        "train" => return [&["train"], DATA, NETWORK, &["--json"]].concat(),
         "eval" => &["eval", "--checkpoint", "{checkpoint}", "--data", "{data}", "--json"],
-        "experiment small-data" => SMALL_DATA,
-        "experiment universality" => UNIVERSALITY,
+        "experiment small-data" => {
+            let own = ["--fractions", "0.5", "--seeds", "0", "--arms", "trainable", "--json"];
+            return [&["experiment", "small-data"], DATA, NETWORK, &own].concat();
+        }
+        "experiment universality" => {
+            let own = ["--sets", "idx={data}:1", "--seeds", "0", "--autoencoder-steps", "5", "--k", "2", "--json"];
+            return [&["experiment", "universality"], NETWORK, &own].concat();
+        }
         other => panic!("no base arguments for `{other}`"),
     };
     args.to_vec()
