@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dw::ChannelKey;
 use crate::models::Network;
+use crate::record_check::check_record;
 use crate::train::{EpochMetrics, TrainConfig};
 
 pub const MODEL_FILE: &str = "model.mpk";
@@ -139,6 +140,7 @@ fn shapes<B: Backend>(model: &Network<B>) -> Vec<Vec<usize>> {
 /// each is checked against the parameter it replaces.
 pub fn load_model<B: Backend>(dir: &Path, model: Network<B>, device: &B::Device) -> Result<Network<B>> {
     let (path, bytes) = read(dir, MODEL_FILE)?;
+    check_record(&bytes).map_err(|m| Error::invalid(&path, m))?;
     let record = Recorder::<B>::load(&Bytes::default(), bytes, device)
         .map_err(|e| Error::invalid(&path, format!("expected the model record of this configuration: {e}")))?;
     let expected = shapes(&model);
@@ -163,6 +165,7 @@ pub fn load_optimizer<B: AutodiffBackend, O: Optimizer<Network<B>, B>>(
     device: &B::Device,
 ) -> Result<O> {
     let (path, bytes) = read(dir, OPTIMIZER_FILE)?;
+    check_record(&bytes).map_err(|m| Error::invalid(&path, m))?;
     let record = Recorder::<B>::load(&Bytes::default(), bytes, device)
         .map_err(|e| Error::invalid(&path, format!("expected the optimizer state of this run: {e}")))?;
     Ok(optimizer.load_record(record))

@@ -14,6 +14,7 @@ pub mod experiment;
 pub mod layers;
 pub mod models;
 pub mod optim;
+mod record_check;
 pub mod state_dict;
 pub mod train;
 
