@@ -119,7 +119,7 @@ fn autoencoder_and_pca_searches_write_banks_of_the_asked_size() {
                     "-o",
                     bank_file.to_str().unwrap(),
                 ][..],
-                &extra[..],
+                extra,
                 &["--json"],
             ]
             .concat(),
