@@ -2,12 +2,14 @@
 //! command refuses it in one line. The options are read from the binary's
 //! own help, so an option added without a case here fails this test.
 //!
-//! A case runs the command's base arguments once more with the option and
-//! compares what it wrote (stdout, and every file in its working folder,
-//! JSON read down to its leaves) with two runs of the base arguments alone:
-//! whatever differs between those two (wall times, speeds) is ignored.
+//! A case runs the command's base arguments with the option (and whatever
+//! else the option needs, such as `--method autoencoder` for `--candidates`)
+//! and compares what it wrote (stdout, and every file in its working folder,
+//! JSON read down to its leaves) with two runs without the option but with
+//! the rest: whatever differs between those two (wall times, speeds) is
+//! ignored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::process::Command;
 
@@ -223,7 +225,7 @@ fn case(command: &str, option: &str) -> Option<&'static [&'static str]> {
         ("experiment small-data", "--subset-seed") => &["--subset-seed", "3"],
         ("train", "--assignment") => &["--dw-mode", "frozen", "--assignment", "random"],
         ("train", "--freeze-after") => {
-            &["--dw-mode", "frozen", "--assignment", "fit-and-freeze", "--epochs", "2", "--freeze-after", "1"]
+            &["--dw-mode", "frozen", "--assignment", "fit-and-freeze", "--epochs", "3", "--freeze-after", "2"]
         }
         ("train", "--source-checkpoint") => {
             &["--dw-mode", "frozen", "--assignment", "from-checkpoint", "--source-checkpoint", "{checkpoint}"]
@@ -253,7 +255,7 @@ fn case(command: &str, option: &str) -> Option<&'static [&'static str]> {
         ("train", "--output") => &["-o", "{out}"],
         ("train", "--halt-after-steps") => &["--halt-after-steps", "1"],
         ("experiment small-data", "--freeze-after") => {
-            &["--fractions", "0.5:2", "--arms", "fit-and-freeze", "--freeze-after", "1"]
+            &["--fractions", "0.5:3", "--arms", "frozen (fit-and-freeze)", "--freeze-after", "2"]
         }
         ("experiment small-data", "--fractions") => &["--fractions", "0.25"],
         ("experiment small-data" | "experiment universality", "--seeds") => &["--seeds", "1"],
@@ -343,6 +345,34 @@ fn with_option(base: &[&'static str], extra: &[&'static str]) -> Vec<&'static st
     args
 }
 
+/// What a case needs besides its option (`--method autoencoder` for
+/// `--candidates`, ...): its extra arguments without the option and its value.
+fn context(extra: &[&'static str], option: &str) -> Vec<&'static str> {
+    let short = match option {
+        "--output" => "-o",
+        "--keys" => "-k",
+        other => other,
+    };
+    match extra.iter().rposition(|a| *a == option || *a == short) {
+        Some(at) => {
+            let takes_value = extra.get(at + 1).is_some_and(|v| !v.starts_with("--") || v.parse::<f64>().is_ok());
+            let end = if takes_value { at + 2 } else { at + 1 };
+            [&extra[..at], &extra[end..]].concat()
+        }
+        None => extra.to_vec(),
+    }
+}
+
+/// Two runs of `args`: what the first left, and what differed between them;
+/// `None` where the command refuses to run without the option (as
+/// `--assignment from-checkpoint` needs `--source-checkpoint`).
+fn reference(f: &Fixtures, args: &[&str]) -> Option<(Observed, BTreeSet<String>)> {
+    let first = f.run(args).ok()?;
+    let second = f.run(args).unwrap();
+    let noise = first.keys().chain(second.keys()).filter(|k| first.get(*k) != second.get(*k)).cloned().collect();
+    Some((first, noise))
+}
+
 #[test]
 fn every_option_of_every_command_changes_what_it_does_or_is_refused_in_one_line() {
     let f = fixtures();
@@ -353,10 +383,8 @@ fn every_option_of_every_command_changes_what_it_does_or_is_refused_in_one_line(
             continue;
         }
         let base_args = base(&command);
-        let first = f.run(&base_args).unwrap_or_else(|e| panic!("masterkey {}: {e}", base_args.join(" ")));
-        let second = f.run(&base_args).unwrap();
-        let noise: BTreeSet<&String> =
-            first.keys().chain(second.keys()).filter(|k| first.get(*k) != second.get(*k)).collect();
+        // The runs each case is compared with, by the arguments of its context.
+        let mut references: HashMap<Vec<&str>, Option<(Observed, BTreeSet<String>)>> = HashMap::new();
         for option in options {
             let name = format!("{command} {option}");
             if let Some((_, source, test)) = TESTED_ELSEWHERE.iter().find(|(n, _, _)| *n == name) {
@@ -370,19 +398,31 @@ fn every_option_of_every_command_changes_what_it_does_or_is_refused_in_one_line(
                 unchecked.push(name);
                 continue;
             };
-            let args = if option == "--json" && base_args.contains(&"--json") {
-                base_args.iter().copied().filter(|a| *a != "--json").collect()
+            let (without, with) = if option == "--json" && base_args.contains(&"--json") {
+                (base_args.clone(), base_args.iter().copied().filter(|a| *a != "--json").collect())
             } else {
-                with_option(&base_args, extra)
+                (with_option(&base_args, &context(extra, &option)), with_option(&base_args, extra))
             };
-            match f.run(&args) {
-                Err(stderr) if stderr.trim_end().lines().count() == 1 => {}
-                Err(stderr) => failures.push(format!("{}: refused in more than one line: {stderr}", args.join(" "))),
-                Ok(seen) => {
+            if base_args == without {
+                assert!(
+                    references.entry(without.clone()).or_insert_with(|| reference(&f, &without)).is_some(),
+                    "masterkey {} fails",
+                    without.join(" ")
+                );
+            }
+            let before = references.entry(without.clone()).or_insert_with(|| reference(&f, &without));
+            match (f.run(&with), before) {
+                (Err(stderr), _) if stderr.trim_end().lines().count() == 1 => {}
+                (Err(stderr), _) => {
+                    failures.push(format!("{}: refused in more than one line: {stderr}", with.join(" ")))
+                }
+                // Needed by the rest of the arguments: without it the command refuses to run.
+                (Ok(_), None) => {}
+                (Ok(seen), Some((before, noise))) => {
                     let changed =
-                        seen.keys().chain(first.keys()).any(|k| !noise.contains(k) && seen.get(k) != first.get(k));
+                        seen.keys().chain(before.keys()).any(|k| !noise.contains(k) && seen.get(k) != before.get(k));
                     if !changed {
-                        failures.push(format!("{}: same output as without {option}", args.join(" ")));
+                        failures.push(format!("{}: same output as {}", with.join(" "), without.join(" ")));
                     }
                 }
             }
