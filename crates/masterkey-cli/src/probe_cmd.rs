@@ -28,10 +28,10 @@ pub struct Args {
     #[arg(long)]
     images: Option<PathBuf>,
     /// Number of random views of the shipped photos (without --images).
-    #[arg(long, default_value_t = DEFAULT_VIEWS)]
+    #[arg(long, default_value_t = DEFAULT_VIEWS, conflicts_with = "images")]
     views: usize,
-    /// Seed of the random views.
-    #[arg(long, default_value_t = DEFAULT_SEED)]
+    /// Seed of the random views (without --images).
+    #[arg(long, default_value_t = DEFAULT_SEED, conflicts_with = "images")]
     seed: u64,
     /// Random banks (same number and size of keys, seeds 1..=N) probed as controls.
     #[arg(long, default_value_t = 3)]
@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, value_name = "SVG")]
     sweep: Option<PathBuf>,
     /// Largest K of --sweep.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, requires = "sweep")]
     max_k: usize,
     /// Print one JSON object on stdout instead of tables.
     #[arg(long)]

@@ -209,3 +209,19 @@ fn model_ids_are_accepted_where_model_files_are() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-model-id"));
 }
+
+/// Options that apply only with another are refused without it, not ignored.
+#[test]
+fn probe_refuses_options_that_do_not_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().to_str().unwrap();
+    for (args, says) in [
+        (vec!["probe", "efficientnet-lite0", "--max-k", "3"], "--sweep"),
+        (vec!["probe", "efficientnet-lite0", "--images", images, "--views", "3"], "cannot be used with"),
+        (vec!["probe", "efficientnet-lite0", "--images", images, "--seed", "3"], "cannot be used with"),
+    ] {
+        let out = masterkey(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{}: {err}", args.join(" "));
+    }
+}
