@@ -348,3 +348,22 @@ fn a_write_that_fails_part_way_leaves_the_previous_outputs() {
         walk(dir.path()).into_iter().filter(|p| p.is_file()).map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect();
     assert!(before == after, "the outputs of the first runs are unchanged and nothing else is left");
 }
+
+/// A command line clap refuses ends in one line too (clap's error and tip,
+/// without its usage block), with exit status 2; help is still shown whole.
+#[test]
+fn usage_errors_are_one_line() {
+    for (args, says) in [
+        (&["train", "--epochs", "abc"][..], "invalid value 'abc' for '--epochs <EPOCHS>'"),
+        (&["experiment", "small-data", "--fraction", "0.1"], "tip: a similar argument exists: '--fractions'"),
+        (&["search"], "required arguments were not provided: <INPUTS>"),
+        (&["bogus"], "unrecognized subcommand 'bogus'"),
+    ] {
+        let out = masterkey(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", args.join(" "));
+        assert!(err.trim_end().lines().count() == 1 && err.contains(says), "{}: {err}", args.join(" "));
+    }
+    let help = masterkey(&["train", "--help"]);
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).lines().count() > 20);
+}

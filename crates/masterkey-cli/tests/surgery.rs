@@ -223,5 +223,6 @@ fn probe_refuses_options_that_do_not_apply() {
         let out = masterkey(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(says), "{}: {err}", args.join(" "));
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
 }
