@@ -162,12 +162,7 @@ fn refuse_unless(applies: bool, context: &str, given: &[(&str, bool)]) -> Result
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (set, _) = crate::extract::read_models(&args.inputs, args.read.dead_tol)?;
-    let group = pick_group(&set, args.kernel)?;
-    let filters = NormalisedFilters::from_group(group);
-    if filters.is_empty() {
-        bail!("all {} filters of kernel {} are dead; nothing to search", group.len(), group.kernel);
-    }
+    // Before any model is read: refusing an option costs nothing.
     let is_kmeans = matches!(args.method, MethodArg::Kmeans);
     let is_autoencoder = matches!(args.method, MethodArg::Autoencoder);
     let is_probe = matches!(args.score, Some(ScoreArg::Probe(_)));
@@ -193,6 +188,12 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     if matches!(args.method, MethodArg::Pca) && args.seed.is_some() {
         bail!("--seed applies to --method kmeans and autoencoder only (PCA draws nothing)");
+    }
+    let (set, _) = crate::extract::read_models(&args.inputs, args.read.dead_tol)?;
+    let group = pick_group(&set, args.kernel)?;
+    let filters = NormalisedFilters::from_group(group);
+    if filters.is_empty() {
+        bail!("all {} filters of kernel {} are dead; nothing to search", group.len(), group.kernel);
     }
     let score = args.score.clone().unwrap_or(ScoreArg::Fit(AutoencoderOptions::default().objective));
     let method = match args.method {
