@@ -9,12 +9,12 @@
 use image::RgbImage;
 use masterkey_core::rng::SplitMix;
 use masterkey_core::{Error, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::ImageSet;
 
-/// The task's sizes and its seed; saved with every checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The task's sizes and its seed (`--dataset photos` takes the size and
+/// the seed from the data settings a checkpoint keeps, the rest as default).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExemplarSpec {
     /// Seed patches, one class each, spread over the photos in turn.
     pub classes: usize,
