@@ -89,6 +89,9 @@ impl TrainConfig {
     /// Refuses settings no run can have (checked again when a run starts).
     pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Other(m));
+        // The same check a checkpoint's model gets when it is loaded, so that
+        // no run writes a checkpoint that cannot be loaded back.
+        self.model.check().map_err(|m| Error::Other(format!("model {}: {m}", self.model.name)))?;
         let (mode, assignment) = (self.dw.mode, self.dw.assignment);
         if self.epochs == 0 || self.batch_size == 0 || self.eval_every == 0 {
             return bad("epochs, batch size and evaluation interval must be positive".into());
@@ -579,6 +582,21 @@ mod tests {
             Outcome::Finished(s) => *s,
             Outcome::Halted { step } => panic!("halted at step {step}"),
         }
+    }
+
+    /// Depths and dims of different lengths are refused before a run, as
+    /// loading refuses them (a run used to train the shorter of the two).
+    #[test]
+    fn a_model_no_checkpoint_could_be_loaded_with_is_refused_before_the_run() {
+        let mut config = tiny_config(DwMode::Trainable, AssignmentKind::RoundRobin);
+        config.model =
+            crate::models::ModelSpec::named("convnext-atto", 1, crate::data::synthetic::CLASSES, true).unwrap();
+        (config.model.depths, config.model.dims) = (vec![1, 1], vec![8]);
+        let out = tempfile::tempdir().unwrap();
+        let err = train::<Ad>(&config, &tiny_data(32), out.path(), &RunOptions::default(), &mut Quiet);
+        let err = err.map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("expected 2 stage(s) of depths and non-zero dims"), "{err}");
+        assert!(!out.path().join(CHECKPOINT_DIR).exists());
     }
 
     /// A checkpoint whose state.json and model.mpk disagree is refused with
