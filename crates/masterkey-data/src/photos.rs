@@ -93,11 +93,11 @@ struct Seed {
     centre: (f32, f32),
 }
 
-fn draw_seeds(photos: &[RgbImage], spec: &ExemplarSpec) -> Vec<Seed> {
+fn draw_seeds(photos: &[(String, RgbImage)], spec: &ExemplarSpec) -> Vec<Seed> {
     (0..spec.classes)
         .map(|class| {
             let photo = class % photos.len();
-            let img = &photos[photo];
+            let img = &photos[photo].1;
             let side = spec.patch as u32;
             let mut rng = SplitMix::for_item(spec.seed, 0x5eed_7a7c, class as u64);
             let best = (0..CANDIDATES)
@@ -115,7 +115,7 @@ fn draw_seeds(photos: &[RgbImage], spec: &ExemplarSpec) -> Vec<Seed> {
 }
 
 /// One random transformation of `seed`, written as `3 x size x size` bytes.
-fn render(photos: &[RgbImage], seed: Seed, spec: &ExemplarSpec, rng: &mut SplitMix, out: &mut [u8]) {
+fn render(photos: &[(String, RgbImage)], seed: Seed, spec: &ExemplarSpec, rng: &mut SplitMix, out: &mut [u8]) {
     let patch = spec.patch as f32;
     let centre = (seed.centre.0 + symmetric(rng, MAX_SHIFT * patch), seed.centre.1 + symmetric(rng, MAX_SHIFT * patch));
     let scale = log_uniform(rng, SCALES);
@@ -139,7 +139,7 @@ fn render(photos: &[RgbImage], seed: Seed, spec: &ExemplarSpec, rng: &mut SplitM
                     (v as f32 + 0.5 + dv - size as f32 / 2.0) * step,
                 );
                 let (x, y) = (centre.0 + cos * px - sin * py, centre.1 + sin * px + cos * py);
-                let s = sample(&photos[seed.photo], x, y);
+                let s = sample(&photos[seed.photo].1, x, y);
                 value.iter_mut().zip(s).for_each(|(acc, s)| *acc += s / 4.0);
             }
         }
@@ -191,8 +191,7 @@ pub fn exemplar_task(photos: &[(String, RgbImage)], spec: &ExemplarSpec) -> Resu
             spec.patch
         )));
     }
-    let images: Vec<RgbImage> = photos.iter().map(|(_, img)| img.clone()).collect();
-    let seeds = draw_seeds(&images, spec);
+    let seeds = draw_seeds(photos, spec);
     let per = 3 * spec.size * spec.size;
     let split = |which: u64, per_class: usize, name: &str| {
         let n = spec.classes * per_class;
@@ -201,7 +200,7 @@ pub fn exemplar_task(photos: &[(String, RgbImage)], spec: &ExemplarSpec) -> Resu
         for (i, out) in pixels.chunks_exact_mut(per).enumerate() {
             let (class, sample) = (i / per_class, i % per_class);
             let mut rng = SplitMix::for_item(spec.seed ^ which, class as u64, sample as u64);
-            render(&images, seeds[class], spec, &mut rng, out);
+            render(photos, seeds[class], spec, &mut rng, out);
         }
         ImageSet::new(name, pixels, labels, [3, spec.size, spec.size], spec.classes).map_err(Error::Other)
     };
