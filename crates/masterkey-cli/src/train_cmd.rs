@@ -9,6 +9,7 @@ use masterkey_train::data::{fashion_mnist_files, DataKind, DataSpec, Dataset};
 use masterkey_train::dw::{AssignmentKind, DwMode};
 use masterkey_train::experiment::{self, all_arms, Arm, Share};
 use masterkey_train::models::{InitScheme, ModelSpec};
+use masterkey_train::scalespace_dw::LearnedScales;
 use masterkey_train::train::{
     evaluate, load_trained, train, DwSettings, EpochMetrics, Observer, Outcome, RunOptions, StepReport, Summary,
     TrainConfig,
@@ -126,13 +127,15 @@ pub struct TrainArgs {
     dw_mode: DwMode,
     #[command(flatten)]
     keys: KeyArgs,
-    /// Channel-to-key assignment for frozen and bank-init.
+    /// Channel-to-key assignment for frozen, bank-init and scalespace (whose channels start from their key's
+    /// closest scale-space model).
     #[arg(long, default_value = "round-robin")]
     assignment: AssignmentKind,
     /// fit-and-freeze: epochs trained trainable before snapping to the bank.
     #[arg(long, default_value_t = 1)]
     freeze_after: usize,
-    /// from-checkpoint: the trained checkpoint folder whose DW filters are fitted.
+    /// The trained checkpoint folder whose DW filters are fitted to the bank (from-checkpoint) or frozen as
+    /// they are (transfer-frozen; DW layers matched by channels and kernel size, in order).
     #[arg(long)]
     source_checkpoint: Option<PathBuf>,
     #[command(flatten)]
@@ -387,6 +390,34 @@ fn print_summary(s: &Summary) {
         t.add_row(vec![k.to_string(), v]);
     }
     println!("{t}");
+    if let Some(scales) = &s.scalespace {
+        print_learned_scales(scales);
+    }
+}
+
+/// Per family: the sigmas (and alpha) fitted to the bank's keys, where the
+/// channels started, against the mean of those learned.
+fn print_learned_scales(scales: &LearnedScales) {
+    let mut t = ui::table(&["family", "channels", "sigma_x fitted -> learned", "sigma_y", "alpha"]);
+    let pair = |fitted: Option<f64>, learned: Option<f64>| match (fitted, learned) {
+        (Some(f), Some(l)) => format!("{f:.3} -> {l:.3}"),
+        (None, Some(l)) => format!("- -> {l:.3}"),
+        _ => String::new(),
+    };
+    for l in &scales.learned {
+        let fitted = scales.fitted_to_keys.iter().find(|f| f.family == l.family);
+        t.add_row(vec![
+            l.family.to_string(),
+            l.channels.to_string(),
+            pair(fitted.map(|f| f.sigma_x), Some(l.sigma_x)),
+            pair(fitted.map(|f| f.sigma_y), Some(l.sigma_y)),
+            pair(fitted.and_then(|f| f.alpha), l.alpha),
+        ]);
+    }
+    println!(
+        "learned scale-space models ({} discretisation), per family: fitted to the keys of {} -> mean learned\n{t}",
+        scales.discretisation, scales.bank
+    );
 }
 
 #[derive(Serialize)]
@@ -481,9 +512,13 @@ pub struct SmallDataArgs {
     fractions: Vec<String>,
     #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
     seeds: Vec<u64>,
-    /// Arms to run, as labelled in the results (default: all seven).
+    /// Arms to run, as labelled in the results (default: all, transfer-frozen only with --transfer-sources).
     #[arg(long, value_delimiter = ',')]
     arms: Option<Vec<String>>,
+    /// transfer-frozen: trained checkpoint folders whose DW filters it freezes, the i-th seed those of the
+    /// i-th checkpoint (cycling), e.g. the photos-trained networks of `experiment universality`.
+    #[arg(long, value_delimiter = ',')]
+    transfer_sources: Vec<PathBuf>,
     /// Results folder: results.md, results.json, curves-<fraction>.svg, runs/ (one folder per run, resumed).
     #[arg(short, long, visible_alias = "results", default_value = "results/small-data")]
     output: PathBuf,
@@ -502,7 +537,9 @@ pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
         args.fractions.iter().map(|f| Share::parse(f, &template)).collect::<masterkey_core::Result<Vec<_>>>()?;
     let all = all_arms();
     let arms: Vec<Arm> = match &args.arms {
-        None => all,
+        None => {
+            all.into_iter().filter(|a| a.mode != DwMode::TransferFrozen || !args.transfer_sources.is_empty()).collect()
+        }
         Some(names) => names
             .iter()
             .map(|n| {
@@ -519,6 +556,7 @@ pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
         &arms,
         &shares,
         &args.seeds,
+        &args.transfer_sources,
         &args.output,
         &mut Bars { bar: None },
     )?;

@@ -30,6 +30,7 @@ fn case(stride: usize, learn_scale: bool, rng: &mut SplitMix) -> Value {
         keys: KeyChoice::RoundRobin,
         learn_scale,
         init_norm: None,
+        transferred: None,
     };
     let mut layer = plan.build::<B>(0, c, k, stride, WeightInit::PytorchDefault, &mut SplitMix::new(1), &device);
     layer.scale =

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::dw_op::{depthwise, depthwise_offset, DepthwiseBackend, Layout};
 use crate::layers::{frozen, param, WeightInit};
 use crate::rng::SplitMix;
+use crate::scalespace_dw::{models_of_keys, operators, ScaleSpaceFilters};
 
 /// How the DW filters are set up and trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +35,13 @@ pub enum DwMode {
     /// Random zero-mean unit-norm filters, frozen like `frozen` (the control of
     /// the random-filter literature).
     RandomFrozen,
+    /// Each channel a scale-space model (the closest one to its key) whose
+    /// sigmas (and sharpening weight) learn; the kernel is rendered every step
+    /// ([`crate::scalespace_dw`]).
+    Scalespace,
+    /// Another trained network's own DW filters, frozen, with a learnable
+    /// offset ("The Master Key Filters Hypothesis", arXiv 2412.16751).
+    TransferFrozen,
 }
 
 /// Which key each channel gets in the bank-based modes.
@@ -51,7 +59,15 @@ pub enum AssignmentKind {
     FitAndFreeze,
 }
 
-kebab_enum!(DwMode, Trainable = "trainable", Frozen = "frozen", BankInit = "bank-init", RandomFrozen = "random-frozen");
+kebab_enum!(
+    DwMode,
+    Trainable = "trainable",
+    Frozen = "frozen",
+    BankInit = "bank-init",
+    RandomFrozen = "random-frozen",
+    Scalespace = "scalespace",
+    TransferFrozen = "transfer-frozen"
+);
 kebab_enum!(
     AssignmentKind,
     RoundRobin = "round-robin",
@@ -88,14 +104,26 @@ pub struct DwPlan {
     pub keys: KeyChoice,
     /// Learn the per-channel scale `a` in the frozen modes.
     pub learn_scale: bool,
-    /// Rescale every initial filter to this L2 norm (all modes), so that
+    /// Rescale every initial filter to this L2 norm (all modes but
+    /// `transfer-frozen`, whose filters keep their trained norm), so that
     /// modes can be compared at equal initial filter norm.
     pub init_norm: Option<f32>,
+    /// `transfer-frozen`: the filters of each DW layer (`C x k*k` values, in
+    /// model order). `None` builds zero placeholders, for a network whose
+    /// weights are then loaded from its checkpoint.
+    pub transferred: Option<Vec<Vec<f32>>>,
 }
 
 impl DwPlan {
     pub fn trainable(bank: Bank) -> Self {
-        DwPlan { mode: DwMode::Trainable, bank, keys: KeyChoice::RoundRobin, learn_scale: false, init_norm: None }
+        DwPlan {
+            mode: DwMode::Trainable,
+            bank,
+            keys: KeyChoice::RoundRobin,
+            learn_scale: false,
+            init_norm: None,
+            transferred: None,
+        }
     }
 
     /// Builds DW layer number `layer` (counting from 0 in model order).
@@ -126,14 +154,14 @@ impl DwPlan {
                 if let Some(norm) = self.init_norm {
                     w.chunks_exact_mut(taps).for_each(|f| rescale(f, norm));
                 }
-                DwConv { filter: param(w, shape, device), scale: None, offset: None, bias, stride, kernel }
+                DwConv::trainable(param(w, shape, device), bias, stride, kernel)
             }
             DwMode::BankInit => {
                 let keys = self.channel_keys(layer, channels, kernel);
                 let mut w = self.key_filters(&keys, kernel);
                 let norm = self.init_norm.unwrap_or(1.0);
                 w.chunks_exact_mut(taps).for_each(|f| rescale(f, norm));
-                DwConv { filter: param(w, shape, device), scale: None, offset: None, bias, stride, kernel }
+                DwConv::trainable(param(w, shape, device), bias, stride, kernel)
             }
             DwMode::Frozen => {
                 let keys = self.channel_keys(layer, channels, kernel);
@@ -149,6 +177,47 @@ impl DwPlan {
                 });
                 let a = vec![self.init_norm.unwrap_or(1.0); channels];
                 DwConv::frozen_from(base, a, vec![0.0; channels], self.learn_scale, kernel, stride, bias, device)
+            }
+            DwMode::TransferFrozen => {
+                let filters = match &self.transferred {
+                    Some(layers) => {
+                        let given =
+                            layers.get(layer).unwrap_or_else(|| panic!("no transferred filters for DW layer {layer}"));
+                        assert_eq!(
+                            given.len(),
+                            channels * taps,
+                            "DW layer {layer}: transferred filters of another shape"
+                        );
+                        given.clone()
+                    }
+                    None => vec![0.0; channels * taps],
+                };
+                // `a * unit + b` reproduces each filter exactly; a dead one is its mean.
+                let (mut base, mut a, mut b) = (filters, Vec::with_capacity(channels), Vec::with_capacity(channels));
+                for f in base.chunks_exact_mut(taps) {
+                    let (mean, norm) = mean_and_centered_norm(f);
+                    let dead = is_dead(norm, DEFAULT_DEAD_TOLERANCE);
+                    f.iter_mut().for_each(|v| *v = if dead { 0.0 } else { (*v - mean) / norm });
+                    a.push(if dead { 0.0 } else { norm });
+                    b.push(mean);
+                }
+                DwConv::frozen_from(base, a, b, self.learn_scale, kernel, stride, bias, device)
+            }
+            DwMode::Scalespace => {
+                let keys = self.channel_keys(layer, channels, kernel);
+                let (models, signs): (Vec<_>, Vec<_>) =
+                    models_of_keys(&self.key_filters(&keys, kernel), kernel).into_iter().unzip();
+                let a: Vec<f32> = signs.iter().map(|s| s * self.init_norm.unwrap_or(1.0)).collect();
+                let scale = if self.learn_scale { param(a, [channels], device) } else { frozen(a, [channels], device) };
+                DwConv {
+                    filter: frozen(operators(&models), [channels, 1, 3, 3], device),
+                    scale: Some(scale),
+                    offset: Some(param(vec![0.0; channels], [channels], device)),
+                    scalespace: Some(ScaleSpaceFilters::new(&models, device)),
+                    bias,
+                    stride,
+                    kernel,
+                }
             }
         }
     }
@@ -200,18 +269,26 @@ fn rescale(filter: &mut [f32], norm: f32) {
 /// Depthwise convolution, padding `k/2`, with a per-channel bias.
 #[derive(Module, Debug)]
 pub struct DwConv<B: Backend> {
-    /// `[C, 1, k, k]`: the trainable filters, or the frozen base filters.
+    /// `[C, 1, k, k]`: the trainable filters, or the frozen base filters; in
+    /// `scalespace` mode `[C, 1, 3, 3]`, the frozen difference operator each
+    /// channel applies to its Gaussian.
     pub filter: Param<Tensor<B, 4>>,
-    /// `a` per channel (frozen modes only).
+    /// `a` per channel (frozen and scale-space modes only).
     pub scale: Option<Param<Tensor<B, 1>>>,
-    /// `b` per channel, added to every tap (frozen modes only).
+    /// `b` per channel, added to every tap (frozen and scale-space modes only).
     pub offset: Option<Param<Tensor<B, 1>>>,
+    /// The learnable scale-space models (`scalespace` mode only).
+    pub scalespace: Option<ScaleSpaceFilters<B>>,
     pub bias: Param<Tensor<B, 1>>,
     pub stride: usize,
     pub kernel: usize,
 }
 
 impl<B: Backend> DwConv<B> {
+    fn trainable(filter: Param<Tensor<B, 4>>, bias: Param<Tensor<B, 1>>, stride: usize, kernel: usize) -> Self {
+        DwConv { filter, scale: None, offset: None, scalespace: None, bias, stride, kernel }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn frozen_from(
         base: Vec<f32>,
@@ -229,6 +306,7 @@ impl<B: Backend> DwConv<B> {
             filter: frozen(base, [channels, 1, kernel, kernel], device),
             scale: Some(scale),
             offset: Some(param(b, [channels], device)),
+            scalespace: None,
             bias,
             stride,
             kernel,
@@ -239,18 +317,21 @@ impl<B: Backend> DwConv<B> {
         self.bias.dims()[0]
     }
 
+    /// Whether the filters' shapes are fixed (only `a`, `b` may learn).
     pub fn is_frozen(&self) -> bool {
-        self.offset.is_some()
+        self.offset.is_some() && self.scalespace.is_none()
     }
 
     /// The filters actually applied, `[C, 1, k, k]`.
     pub fn effective_filter(&self) -> Tensor<B, 4> {
+        let (c, k) = (self.channels(), self.kernel);
+        let base = match &self.scalespace {
+            Some(models) => models.render(self.filter.val(), k).reshape([c, 1, k, k]),
+            None => self.filter.val(),
+        };
         match (&self.scale, &self.offset) {
-            (Some(a), Some(b)) => {
-                let c = self.channels();
-                self.filter.val() * a.val().reshape([c, 1, 1, 1]) + b.val().reshape([c, 1, 1, 1])
-            }
-            _ => self.filter.val(),
+            (Some(a), Some(b)) => base * a.val().reshape([c, 1, 1, 1]) + b.val().reshape([c, 1, 1, 1]),
+            _ => base,
         }
     }
 
@@ -278,7 +359,7 @@ impl<B: DepthwiseBackend> DwConv<B> {
         match (&self.scale, &self.offset) {
             // Keys and `a` frozen: only `b` learns, from box sums, and no
             // filter gradient is formed.
-            (Some(scale), Some(offset)) if !scale.val().is_require_grad() => {
+            (Some(scale), Some(offset)) if self.is_frozen() && !scale.val().is_require_grad() => {
                 depthwise_offset(x, self.effective_filter(), offset.val(), self.bias.val(), self.stride, layout)
             }
             _ => depthwise(x, self.effective_filter(), self.bias.val(), self.stride, layout),
@@ -580,5 +661,103 @@ mod tests {
         assert!(snapped.is_frozen());
         assert_close(&snapped.filter_values(), &shifted.iter().map(|&v| v as f64).collect::<Vec<_>>(), 1e-5, "snapped");
         assert_eq!(key_usage(&[keys], 8), vec![1, 0, 0, 0, 0, 0, 1, 1]);
+    }
+
+    /// The gradients of the scale-space parameters (sigmas, alpha, `a`, `b`)
+    /// against central differences of the loss computed from
+    /// `masterkey-scalespace`'s own kernels (sampled discretisation).
+    #[test]
+    fn scalespace_gradients_match_finite_differences_of_the_reference_kernels() {
+        use crate::scalespace_dw::ChannelModel;
+        use masterkey_scalespace::{Discretisation, Model, Params};
+        let device = Default::default();
+        let (n, c, h, w) = (2, 8, 9, 8);
+        for (k, s) in [(5, 1), (7, 2), (3, 1)] {
+            let mut p = plan(DwMode::Scalespace);
+            p.learn_scale = true;
+            let mut rng = SplitMix::new(k as u64);
+            let mut layer = p.build::<Ad>(0, c, k, s, WeightInit::Normal(0.3), &mut rng, &device);
+            let families: Vec<_> = layer.scalespace.as_ref().unwrap().models().iter().map(|m| m.family).collect();
+            // Parameters inside their ranges, where the clamps do not cut the gradient.
+            let models: Vec<ChannelModel> = families
+                .iter()
+                .enumerate()
+                .map(|(i, &family)| ChannelModel {
+                    family,
+                    sigma_x: 0.5 + 0.11 * i as f64,
+                    sigma_y: 1.3 - 0.07 * i as f64,
+                    alpha: family.has_alpha().then_some(0.7),
+                })
+                .collect();
+            let a: Vec<f32> = (0..c).map(|i| 1.0 - 0.15 * i as f32).collect();
+            let b: Vec<f32> = (0..c).map(|i| 0.02 * i as f32 - 0.05).collect();
+            let ss = layer.scalespace.take().unwrap();
+            let fresh = crate::scalespace_dw::ScaleSpaceFilters::<Ad>::new(&models, &device);
+            layer.scalespace = Some(crate::scalespace_dw::ScaleSpaceFilters { families: ss.families, ..fresh });
+            layer.scale = Some(param(a.clone(), [c], &device));
+            layer.offset = Some(param(b.clone(), [c], &device));
+            let xs: Vec<f32> = (0..n * c * h * w).map(|_| rng.normal()).collect();
+            let x = Tensor::<Ad, 4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &device);
+            let out = layer.forward(x, Layout::ChannelsFirst);
+            let [_, _, oh, ow] = out.dims();
+            let rs: Vec<f32> = (0..n * c * oh * ow).map(|_| rng.normal()).collect();
+            let r = Tensor::<Ad, 4>::from_data(TensorData::new(rs.clone(), [n, c, oh, ow]), &device);
+            let grads = (out * r).sum().backward();
+
+            let loss = |models: &[ChannelModel], a: &[f32], b: &[f32]| -> f64 {
+                let filt: Vec<f32> = models
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, m)| {
+                        let params = Params { sigma_x: m.sigma_x, sigma_y: m.sigma_y, alpha: m.alpha };
+                        let model = Model::new(m.family, Discretisation::Sampled, params).unwrap();
+                        let unit = model.kernel(k).unwrap().normalised().unwrap();
+                        let (a, b) = (a[i] as f64, b[i] as f64);
+                        unit.into_iter().map(move |v| (a * v + b) as f32)
+                    })
+                    .collect();
+                let out = naive_dw(&xs, n, c, h, w, &filt, &vec![0.0; c], k, s);
+                out.iter().zip(&rs).map(|(o, &r)| o * r as f64).sum()
+            };
+            let step = 1e-2;
+            let central = |shift: &dyn Fn(&mut ChannelModel, f64), ch: usize| {
+                let mut up = models.clone();
+                let mut down = models.clone();
+                shift(&mut up[ch], step);
+                shift(&mut down[ch], -step);
+                (loss(&up, &a, &b) - loss(&down, &a, &b)) / (2.0 * step)
+            };
+            let ss = layer.scalespace.as_ref().unwrap();
+            let grad = |p: &Param<Tensor<Ad, 1>>| to_vec(p.val().grad(&grads).expect("a gradient"));
+            let (g_sx, g_sy, g_alpha) = (grad(&ss.log_sigma_x), grad(&ss.log_sigma_y), grad(&ss.log_alpha));
+            let g_a = grad(layer.scale.as_ref().unwrap());
+            let g_b = grad(layer.offset.as_ref().unwrap());
+            for ch in 0..c {
+                // The parameters are logs: d/dlog(sigma) shifts sigma by the factor exp(step).
+                let fd_sx = central(&|m, d| m.sigma_x *= d.exp(), ch);
+                let fd_sy = central(&|m, d| m.sigma_y *= d.exp(), ch);
+                let what = format!("{} k={k} s={s}", families[ch]);
+                assert_close(&[g_sx[ch]], &[fd_sx], 2e-3, &format!("d/dlog sigma_x {what}"));
+                assert_close(&[g_sy[ch]], &[fd_sy], 2e-3, &format!("d/dlog sigma_y {what}"));
+                if families[ch].has_alpha() {
+                    let fd_alpha = central(&|m, d| m.alpha = m.alpha.map(|v| v * d.exp()), ch);
+                    assert_close(&[g_alpha[ch]], &[fd_alpha], 2e-3, &format!("d/dlog alpha {what}"));
+                } else {
+                    assert_eq!(g_alpha[ch], 0.0, "{what}: alpha is not used");
+                }
+                let shifted = |v: &[f32], d: f64| {
+                    let mut v = v.to_vec();
+                    v[ch] += d as f32;
+                    v
+                };
+                let fd_a =
+                    (loss(&models, &shifted(&a, step), &b) - loss(&models, &shifted(&a, -step), &b)) / (2.0 * step);
+                let fd_b =
+                    (loss(&models, &a, &shifted(&b, step)) - loss(&models, &a, &shifted(&b, -step))) / (2.0 * step);
+                assert_close(&[g_a[ch]], &[fd_a], 2e-3, &format!("d/da {what}"));
+                assert_close(&[g_b[ch]], &[fd_b], 2e-3, &format!("d/db {what}"));
+            }
+            assert!(layer.filter.val().grad(&grads).is_none(), "the operators got a gradient");
+        }
     }
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::data::Dataset;
 use crate::dw::{AssignmentKind, DwMode};
+use crate::scalespace_dw::{family_means, LearnedScales};
 use crate::train::{train, EpochMetrics, Observer, Outcome, RunOptions, TrainConfig, CHECKPOINT_DIR, METRICS_FILE};
 use crate::ModelAutodiffBackend;
 
@@ -29,6 +30,9 @@ impl Arm {
     pub fn label(&self) -> String {
         match self.mode {
             DwMode::Frozen | DwMode::BankInit => format!("{} ({})", self.mode, self.assignment),
+            DwMode::Scalespace if self.assignment != AssignmentKind::RoundRobin => {
+                format!("{} ({})", self.mode, self.assignment)
+            }
             _ => self.mode.to_string(),
         }
     }
@@ -41,6 +45,7 @@ impl Arm {
 }
 
 /// Every arm; `trainable` first, as `from-checkpoint` fits its result.
+/// `transfer-frozen` runs only where the experiment is given source checkpoints.
 pub fn all_arms() -> Vec<Arm> {
     use AssignmentKind::*;
     let arm = |mode, assignment| Arm { mode, assignment };
@@ -52,6 +57,8 @@ pub fn all_arms() -> Vec<Arm> {
         arm(DwMode::Frozen, FromCheckpoint),
         arm(DwMode::BankInit, RoundRobin),
         arm(DwMode::RandomFrozen, RoundRobin),
+        arm(DwMode::Scalespace, RoundRobin),
+        arm(DwMode::TransferFrozen, RoundRobin),
     ]
 }
 
@@ -106,6 +113,9 @@ pub struct RunResult {
     pub initial_dw_filter_norm: f32,
     /// Test accuracy after each epoch; `None` where the epoch was not evaluated.
     pub curve: Vec<Option<f64>>,
+    /// `scalespace` runs: what the sigmas learned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learned_scales: Option<LearnedScales>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -148,21 +158,28 @@ fn run_dir(out: &Path, fraction: f64, seed: u64, arm: &Arm) -> PathBuf {
     out.join("runs").join(format!("fraction-{fraction}")).join(format!("seed-{seed}")).join(arm.folder())
 }
 
-/// Trains (or reads back) every arm x share x seed of `template`.
+/// Trains (or reads back) every arm x share x seed of `template`. The
+/// `transfer-frozen` arm freezes the filters of `transfer_sources` (trained
+/// checkpoints), the `i`-th seed those of source `i` modulo their number.
+#[allow(clippy::too_many_arguments)]
 pub fn run_experiment<B: ModelAutodiffBackend>(
     template: &TrainConfig,
     data: &Dataset,
     arms: &[Arm],
     shares: &[Share],
     seeds: &[u64],
+    transfer_sources: &[PathBuf],
     out: &Path,
     observer: &mut dyn Observer,
 ) -> Result<ExperimentReport> {
+    if arms.iter().any(|a| a.mode == DwMode::TransferFrozen) && transfer_sources.is_empty() {
+        return Err(Error::Other("the transfer-frozen arm needs source checkpoints (--transfer-sources)".into()));
+    }
     let started = std::time::Instant::now();
     let mut runs = Vec::new();
     for share in shares {
         let fraction = share.fraction;
-        for &seed in share.seeds(seeds) {
+        for (seed_index, &seed) in share.seeds(seeds).iter().enumerate() {
             let trainable = Arm { mode: DwMode::Trainable, assignment: AssignmentKind::RoundRobin };
             for arm in arms {
                 let mut config = template.clone();
@@ -180,6 +197,9 @@ pub fn run_experiment<B: ModelAutodiffBackend>(
                         ));
                     }
                     config.dw.source_checkpoint = Some(source);
+                }
+                if arm.mode == DwMode::TransferFrozen {
+                    config.dw.source_checkpoint = Some(transfer_sources[seed_index % transfer_sources.len()].clone());
                 }
                 let dir = run_dir(out, fraction, seed, arm);
                 observer.note(&format!("== {} | fraction {fraction} | seed {seed}", arm.label()));
@@ -199,6 +219,7 @@ pub fn run_experiment<B: ModelAutodiffBackend>(
                     train_seconds: summary.train_seconds,
                     initial_dw_filter_norm: summary.initial_dw_filter_norm,
                     curve,
+                    learned_scales: summary.scalespace,
                 });
             }
         }
@@ -371,13 +392,53 @@ pub fn markdown(report: &ExperimentReport) -> String {
         }
         md.push('\n');
     }
+    learned_scales_markdown(report, &mut md);
     md
+}
+
+/// Per family: the sigmas fitted to the bank's keys (where the scale-space
+/// channels start) and the mean learned at each share, over channels and seeds.
+fn learned_scales_markdown(report: &ExperimentReport, md: &mut String) {
+    let learned = |fraction: f64| -> Vec<_> {
+        let runs: Vec<&LearnedScales> =
+            report.runs.iter().filter(|r| r.fraction == fraction).filter_map(|r| r.learned_scales.as_ref()).collect();
+        family_means(&runs.iter().flat_map(|l| l.channels.concat()).collect::<Vec<_>>())
+    };
+    let Some(first) = report.runs.iter().find_map(|r| r.learned_scales.as_ref()) else { return };
+    let _ = write!(
+        md,
+        "\nScale-space arm: sigma_x / sigma_y (alpha for sharpen) per family, fitted to the keys of {} ({} \
+         discretisation) and learned (mean over channels and seeds).\n\n| family | fitted |",
+        first.bank, first.discretisation
+    );
+    for share in &report.shares {
+        let _ = write!(md, " learned, {}% of train |", share.fraction * 100.0);
+    }
+    let _ = write!(md, "\n|---|---|");
+    for _ in &report.shares {
+        let _ = write!(md, "---|");
+    }
+    md.push('\n');
+    let cell = |m: &crate::scalespace_dw::FamilyMean| {
+        let alpha = m.alpha.map_or(String::new(), |a| format!(" ({a:.3})"));
+        format!("{:.3} / {:.3}{alpha}", m.sigma_x, m.sigma_y)
+    };
+    let per_share: Vec<Vec<_>> = report.shares.iter().map(|s| learned(s.fraction)).collect();
+    for fitted in &first.fitted_to_keys {
+        let _ = write!(md, "| {} | {} |", fitted.family, cell(fitted));
+        for means in &per_share {
+            let text = means.iter().find(|m| m.family == fitted.family).map_or("-".into(), cell);
+            let _ = write!(md, " {text} |");
+        }
+        md.push('\n');
+    }
 }
 
 /// Learning curves (mean test accuracy per epoch) of every arm at one
 /// fraction, as an SVG line chart.
 pub fn curves_svg(report: &ExperimentReport, fraction: f64) -> String {
-    const COLOURS: [&str; 8] = ["#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
+    const COLOURS: [&str; 10] =
+        ["#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"];
     // The legend gets its own column right of the plot, so it never covers a curve.
     let (w, h, margin, legend) = (820.0, 400.0, 50.0, 220.0);
     let right = w - legend - 10.0;
@@ -453,7 +514,7 @@ pub fn write_report(report: &ExperimentReport, out: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use crate::testing::{tiny_config, tiny_data, Ad};
-    use crate::train::Quiet;
+    use crate::train::{Quiet, RunOptions};
 
     #[test]
     fn paired_differences_get_a_student_t_interval() {
@@ -472,12 +533,24 @@ mod tests {
         let arms = [
             Arm { mode: DwMode::Trainable, assignment: AssignmentKind::RoundRobin },
             Arm { mode: DwMode::Frozen, assignment: AssignmentKind::FromCheckpoint },
+            Arm { mode: DwMode::Scalespace, assignment: AssignmentKind::RoundRobin },
+            Arm { mode: DwMode::TransferFrozen, assignment: AssignmentKind::RoundRobin },
         ];
         let shares = [Share::parse("0.5:3", &template).unwrap(), Share::parse("1:2:1:1", &template).unwrap()];
         let dir = tempfile::tempdir().unwrap();
-        let report = run_experiment::<Ad>(&template, &data, &arms, &shares, &[1, 2], dir.path(), &mut Quiet).unwrap();
+        let source = dir.path().join("source");
+        let options = RunOptions { resume: false, halt_after_steps: None, dw_snapshots: false };
+        train::<Ad>(&TrainConfig { seed: 11, ..template.clone() }, &data, &source, &options, &mut Quiet).unwrap();
+        let sources = [source.join(CHECKPOINT_DIR)];
+        let out = dir.path().join("experiment");
+        let run = || run_experiment::<Ad>(&template, &data, &arms, &shares, &[1, 2], &sources, &out, &mut Quiet);
+        assert!(run_experiment::<Ad>(&template, &data, &arms, &shares, &[1], &[], &out, &mut Quiet)
+            .unwrap_err()
+            .to_string()
+            .contains("--transfer-sources"));
+        let report = run().unwrap();
         // Two seeds at 50%, the first one only at 100%.
-        assert_eq!(report.runs.len(), 6);
+        assert_eq!(report.runs.len(), 12);
         for run in &report.runs {
             // eval_every 2: the second epoch and the last are evaluated.
             let expected = if run.fraction == 0.5 { vec![false, true, true] } else { vec![false, true] };
@@ -500,16 +573,21 @@ mod tests {
         assert!((paired.mean - (diffs[0] + diffs[1]) / 2.0).abs() < 1e-12);
         assert!(paired.low <= paired.mean && paired.mean <= paired.high);
 
+        // Only the scale-space runs report learned scales.
+        for run in &report.runs {
+            assert_eq!(run.learned_scales.is_some(), run.arm == "scalespace", "{}", run.arm);
+        }
+
         // A second call finds every run finished and only reads it back.
-        let again = run_experiment::<Ad>(&template, &data, &arms, &shares, &[1, 2], dir.path(), &mut Quiet).unwrap();
+        let again = run().unwrap();
         assert_eq!(
             again.runs.iter().map(|r| r.test_accuracy).collect::<Vec<_>>(),
             report.runs.iter().map(|r| r.test_accuracy).collect::<Vec<_>>()
         );
         assert!(again.total_seconds < report.total_seconds);
 
-        write_report(&report, dir.path()).unwrap();
-        let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();
+        write_report(&report, &out).unwrap();
+        let md = std::fs::read_to_string(out.join("results.md")).unwrap();
         assert!(md.contains("| DW filters | 50% of train | 100% of train |"), "{md}");
         assert!(
             md.contains("50%: 3 epochs (fit-and-freeze snaps after 1), seeds [1, 2], 100%: 2 epochs (fit-and-freeze snaps after 1), seeds [1]"),
@@ -517,9 +595,11 @@ mod tests {
         );
         assert!(md.lines().any(|l| l.starts_with("| frozen (from-checkpoint) |") && l.contains(" ± ")), "{md}");
         assert!(md.contains("95% CI"), "{md}");
-        let svg = std::fs::read_to_string(dir.path().join("curves-1.svg")).unwrap();
-        assert_eq!(svg.matches("<polyline").count(), 2);
-        assert_eq!(svg.matches("<circle").count(), 2 * 1, "one evaluated epoch per arm at 100%");
+        assert!(md.lines().any(|l| l.starts_with("| transfer-frozen |")), "{md}");
+        assert!(md.contains("| family | fitted | learned, 50% of train | learned, 100% of train |"), "{md}");
+        let svg = std::fs::read_to_string(out.join("curves-1.svg")).unwrap();
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        assert_eq!(svg.matches("<circle").count(), 4, "one evaluated epoch per arm at 100%");
         for bad in ["0.5:x", "0.5:1:1:0", "0.5:1:1:1:1"] {
             assert!(Share::parse(bad, &template).is_err(), "{bad}");
         }

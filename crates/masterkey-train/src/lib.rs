@@ -15,6 +15,7 @@ pub mod layers;
 pub mod models;
 pub mod optim;
 mod record_check;
+pub mod scalespace_dw;
 pub mod state_dict;
 pub mod train;
 

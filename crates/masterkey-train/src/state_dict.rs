@@ -60,6 +60,10 @@ impl Writer<'_> {
     fn dw<B: Backend>(&mut self, at: &str, dw: &DwConv<B>) {
         self.put(format!("{at}.bias"), &dw.bias);
         match (&dw.scale, &dw.offset) {
+            // PyTorch has no scale-space layer: the rendered filters, as a plain DW conv's.
+            _ if dw.scalespace.is_some() => {
+                self.0.insert(format!("{at}.weight"), values(dw.effective_filter()));
+            }
             (Some(scale), Some(offset)) => {
                 self.put(format!("{at}.key"), &dw.filter);
                 self.put(format!("{at}.scale"), scale);

@@ -27,6 +27,7 @@ use crate::dw::{
 };
 use crate::models::{ModelSpec, Network};
 use crate::optim::{AdamWNoDecayOnVectors, Schedule};
+use crate::scalespace_dw::{ChannelModel, LearnedScales};
 use crate::{ModelAutodiffBackend, ModelBackend};
 
 /// How the DW layers are set up.
@@ -99,8 +100,13 @@ impl TrainConfig {
         if !(self.data.fraction > 0.0 && self.data.fraction <= 1.0) {
             return bad(format!("the training fraction must be in (0, 1], got {}", self.data.fraction));
         }
-        if mode == DwMode::BankInit && !matches!(assignment, AssignmentKind::RoundRobin | AssignmentKind::Random) {
-            return bad(format!("bank-init takes the round-robin or random assignment, not {assignment}"));
+        if matches!(mode, DwMode::BankInit | DwMode::Scalespace)
+            && !matches!(assignment, AssignmentKind::RoundRobin | AssignmentKind::Random)
+        {
+            return bad(format!("{mode} takes the round-robin or random assignment, not {assignment}"));
+        }
+        if mode == DwMode::TransferFrozen && self.dw.source_checkpoint.is_none() {
+            return bad("transfer-frozen needs the checkpoint whose filters it freezes (--source-checkpoint)".into());
         }
         if mode == DwMode::Frozen && assignment == AssignmentKind::FitAndFreeze {
             let f = self.dw.freeze_after;
@@ -118,7 +124,7 @@ impl TrainConfig {
     /// The assignment actually used: `n/a` where the mode has none.
     pub fn assignment_label(&self) -> String {
         match self.dw.mode {
-            DwMode::Trainable | DwMode::RandomFrozen => "n/a".into(),
+            DwMode::Trainable | DwMode::RandomFrozen | DwMode::TransferFrozen => "n/a".into(),
             _ => self.dw.assignment.to_string(),
         }
     }
@@ -227,6 +233,10 @@ pub struct Summary {
     pub final_dw_filter_norm: f32,
     /// Channels per bank key, once bank-frozen.
     pub key_usage: Option<Vec<usize>>,
+    /// `scalespace` runs: the learned scales, per family against those fitted
+    /// to the bank's keys (also written to `scalespace.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scalespace: Option<LearnedScales>,
     pub backend: String,
     pub checkpoint: String,
     pub metrics_log: String,
@@ -239,6 +249,7 @@ pub enum Outcome {
 
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const SCALESPACE_FILE: &str = "scalespace.json";
 
 /// The DW plan of `config`, given the assignment once frozen to the bank.
 pub fn dw_plan(config: &TrainConfig, bank: &Bank, assignment: Option<&Vec<Vec<ChannelKey>>>) -> DwPlan {
@@ -253,18 +264,60 @@ pub fn dw_plan(config: &TrainConfig, bank: &Bank, assignment: Option<&Vec<Vec<Ch
         (DwMode::Frozen, None) if dw.assignment == AssignmentKind::FitAndFreeze => DwMode::Trainable,
         (mode, _) => mode,
     };
-    DwPlan { mode, bank: bank.clone(), keys, learn_scale: dw.learn_scale, init_norm: dw.init_norm }
+    DwPlan { mode, bank: bank.clone(), keys, learn_scale: dw.learn_scale, init_norm: dw.init_norm, transferred: None }
+}
+
+/// One DW layer of a trained checkpoint: channels, kernel size, the applied
+/// filters (`C x k*k` values).
+struct SourceLayer {
+    channels: usize,
+    kernel: usize,
+    filters: Vec<f32>,
+}
+
+fn source_dw_layers(source: &Path) -> Result<Vec<SourceLayer>> {
+    let (model, _) = load_trained::<crate::CpuBackend>(source)?;
+    let layers = model.dw_layers();
+    Ok(layers
+        .iter()
+        .map(|l| SourceLayer { channels: l.channels(), kernel: l.kernel, filters: l.filter_values() })
+        .collect())
 }
 
 /// Key, `a`, `b` of every channel of the DW layers of a trained checkpoint.
 fn fit_source_checkpoint(source: &Path, plan: &DwPlan) -> Result<Vec<Vec<ChannelKey>>> {
-    let device = Default::default();
-    let state = checkpoint::load_state(source)?;
-    let bank = Bank::resolve(&state.config.dw.bank)?;
-    let their_plan = dw_plan(&state.config, &bank, state.assignment.as_ref());
-    let model = Network::<crate::CpuBackend>::new(&state.config.model, &their_plan, state.config.seed, &device);
-    let model = checkpoint::load_model(source, model, &device)?;
-    Ok(model.dw_layers().iter().map(|l| snap_keys(&l.filter_values(), l.kernel, plan)).collect())
+    Ok(source_dw_layers(source)?.iter().map(|l| snap_keys(&l.filters, l.kernel, plan)).collect())
+}
+
+/// The filters of `source` for each DW layer of `model`: each layer takes the
+/// first source layer of its channels and kernel size not taken by an
+/// earlier one.
+fn transferred_filters<B: Backend>(model: &Network<B>, source: &Path) -> Result<Vec<Vec<f32>>> {
+    let mut theirs: Vec<Option<SourceLayer>> = source_dw_layers(source)?.into_iter().map(Some).collect();
+    let shapes: Vec<String> =
+        theirs.iter().flatten().map(|l| format!("{}x{}x{}", l.channels, l.kernel, l.kernel)).collect();
+    model
+        .dw_layers()
+        .iter()
+        .enumerate()
+        .map(|(i, ours)| {
+            let matching = theirs
+                .iter_mut()
+                .find(|l| l.as_ref().is_some_and(|l| l.channels == ours.channels() && l.kernel == ours.kernel));
+            matching.and_then(Option::take).map(|l| l.filters).ok_or_else(|| {
+                Error::invalid(
+                    source,
+                    format!(
+                        "expected a DW layer of {c}x{k}x{k} (channels x kernel) for layer {i} of this model, found none \
+                         left among its layers {}",
+                        shapes.join(", "),
+                        c = ours.channels(),
+                        k = ours.kernel
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 fn check_same_layers<B: Backend>(model: &Network<B>, assignment: &[Vec<ChannelKey>], source: &Path) -> Result<()> {
@@ -396,7 +449,12 @@ pub fn train<B: ModelAutodiffBackend>(
             }
             _ => None,
         };
-        let plan = dw_plan(config, &bank, given.as_ref());
+        let mut plan = dw_plan(config, &bank, given.as_ref());
+        if let (DwMode::TransferFrozen, Some(source)) = (config.dw.mode, &config.dw.source_checkpoint) {
+            // The layers' shapes come from the network itself, built once with placeholders.
+            let shapes = Network::<B>::new(&config.model, &plan, config.seed, &device);
+            plan.transferred = Some(transferred_filters(&shapes, source)?);
+        }
         let model = Network::<B>::new(&config.model, &plan, config.seed, &device);
         if let (Some(given), Some(source)) = (&given, &config.dw.source_checkpoint) {
             check_same_layers(&model, given, source)?;
@@ -518,6 +576,17 @@ pub fn train<B: ModelAutodiffBackend>(
     }
 
     let last = state.history.last().expect("at least one epoch ran");
+    let learned: Vec<(usize, Vec<ChannelModel>)> = model
+        .valid()
+        .dw_layers()
+        .iter()
+        .filter_map(|l| l.scalespace.as_ref().map(|s| (l.kernel, s.models())))
+        .collect();
+    let scalespace = (!learned.is_empty()).then(|| LearnedScales::new(&bank, learned));
+    if let Some(scales) = &scalespace {
+        let json = serde_json::to_vec_pretty(scales).map_err(|e| Error::Other(e.to_string()))?;
+        atomic::write_file(&out.join(SCALESPACE_FILE), &json)?;
+    }
     let (Some(test_accuracy), Some(test_loss)) = (last.test_accuracy, last.test_loss) else {
         return Err(Error::invalid(ckpt.join(checkpoint::STATE_FILE), "the last epoch has no test evaluation"));
     };
@@ -541,6 +610,7 @@ pub fn train<B: ModelAutodiffBackend>(
         initial_dw_filter_norm: state.initial_dw_norm,
         final_dw_filter_norm: last.dw_filter_norm,
         key_usage: state.assignment.as_ref().map(|a| key_usage(a, bank.len())),
+        scalespace,
         backend: B::name(&device),
         checkpoint: ckpt.display().to_string(),
         metrics_log: out.join(METRICS_FILE).display().to_string(),
@@ -733,5 +803,86 @@ mod tests {
         other.lr = 0.5;
         let err = train::<Ad>(&other, &data, cut.path(), &resume, &mut Quiet).err().unwrap();
         assert!(err.to_string().contains("other settings"), "{err}");
+    }
+
+    /// transfer-frozen applies the source's own filters (up to the offset it
+    /// learns), keeps them fixed, refuses a source without matching layers,
+    /// and resumes to the same weights (the filters come back from its own
+    /// checkpoint, not from the source).
+    #[test]
+    fn transfer_frozen_freezes_the_source_filters_and_resumes_exactly() {
+        let data = tiny_data(180);
+        let source = tempfile::tempdir().unwrap();
+        let mut trainable = tiny_config(DwMode::Trainable, AssignmentKind::RoundRobin);
+        (trainable.epochs, trainable.seed) = (2, 3);
+        finish(train::<Ad>(&trainable, &data, source.path(), &RunOptions::default(), &mut Quiet).unwrap());
+        let source_ckpt = source.path().join(CHECKPOINT_DIR);
+        let (source_model, _) = load_trained::<crate::CpuBackend>(&source_ckpt).unwrap();
+        let theirs = source_model.dw_layers()[0].filter_values();
+
+        let mut config = TrainConfig { epochs: 3, ..tiny_config(DwMode::TransferFrozen, AssignmentKind::RoundRobin) };
+        config.dw.source_checkpoint = Some(source_ckpt.clone());
+        let whole = tempfile::tempdir().unwrap();
+        let summary = finish(train::<Ad>(&config, &data, whole.path(), &RunOptions::default(), &mut Quiet).unwrap());
+        assert!(summary.test_accuracy > 0.3, "test accuracy {}", summary.test_accuracy);
+        let (model, _) = load_trained::<crate::CpuBackend>(&whole.path().join(CHECKPOINT_DIR)).unwrap();
+        let dw = model.dw_layers()[0];
+        assert!(dw.is_frozen());
+        let ours = dw.filter_values();
+        let offsets: Vec<f32> = dw.offset.as_ref().unwrap().val().into_data().iter::<f32>().collect();
+        for (c, (o, t)) in ours.chunks_exact(49).zip(theirs.chunks_exact(49)).enumerate() {
+            // Ours minus the learned offset is theirs minus its mean (the initial offset).
+            let mean = t.iter().sum::<f32>() / 49.0;
+            for (a, b) in o.iter().zip(t) {
+                assert!((a - offsets[c] - (b - mean)).abs() < 1e-5, "channel {c}: {a} vs {b}");
+            }
+        }
+
+        let cut = tempfile::tempdir().unwrap();
+        let halt = RunOptions { resume: false, halt_after_steps: Some(12 + 5), dw_snapshots: false };
+        train::<Ad>(&config, &data, cut.path(), &halt, &mut Quiet).unwrap();
+        let resume = RunOptions { resume: true, halt_after_steps: None, dw_snapshots: false };
+        finish(train::<Ad>(&config, &data, cut.path(), &resume, &mut Quiet).unwrap());
+        assert_eq!(weights(cut.path()), weights(whole.path()), "resumed weights differ");
+
+        let mut wider = config.clone();
+        wider.model.dims = vec![24];
+        let err = train::<Ad>(&wider, &data, tempfile::tempdir().unwrap().path(), &RunOptions::default(), &mut Quiet);
+        let err = err.map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("expected a DW layer of 24x7x7") && err.contains("16x7x7"), "{err}");
+        let mut sourceless = config.clone();
+        sourceless.dw.source_checkpoint = None;
+        assert!(sourceless.check().unwrap_err().to_string().contains("--source-checkpoint"));
+    }
+
+    /// scalespace learns its sigmas (the filters' shapes change, the
+    /// operators stay), reports them per family, and resumes exactly.
+    #[test]
+    fn scalespace_learns_sigmas_and_resumes_exactly() {
+        let data = tiny_data(180);
+        let config = TrainConfig { epochs: 3, ..tiny_config(DwMode::Scalespace, AssignmentKind::RoundRobin) };
+        let whole = tempfile::tempdir().unwrap();
+        let summary = finish(train::<Ad>(&config, &data, whole.path(), &RunOptions::default(), &mut Quiet).unwrap());
+        assert!(summary.test_accuracy > 0.3, "test accuracy {}", summary.test_accuracy);
+        let scales = summary.scalespace.expect("learned scales");
+        assert_eq!(scales.channels.concat().len(), 16);
+        assert_eq!(scales.learned.len(), 8, "round-robin over the 8 keys' families");
+        let moved =
+            scales.learned.iter().zip(&scales.fitted_to_keys).any(|(l, f)| (l.sigma_x - f.sigma_x).abs() > 1e-3);
+        assert!(moved, "no sigma moved: {scales:?}");
+        let written: crate::scalespace_dw::LearnedScales =
+            serde_json::from_slice(&std::fs::read(whole.path().join(SCALESPACE_FILE)).unwrap()).unwrap();
+        assert_eq!(written, scales);
+        let (model, _) = load_trained::<crate::CpuBackend>(&whole.path().join(CHECKPOINT_DIR)).unwrap();
+        let operators: Vec<f32> = model.dw_layers()[0].filter.val().into_data().iter::<f32>().collect();
+        let families: Vec<_> = scales.channels[0].iter().copied().collect();
+        assert_eq!(operators, crate::scalespace_dw::operators(&families), "the operators changed");
+
+        let cut = tempfile::tempdir().unwrap();
+        let halt = RunOptions { resume: false, halt_after_steps: Some(12 + 5), dw_snapshots: false };
+        train::<Ad>(&config, &data, cut.path(), &halt, &mut Quiet).unwrap();
+        let resume = RunOptions { resume: true, halt_after_steps: None, dw_snapshots: false };
+        finish(train::<Ad>(&config, &data, cut.path(), &resume, &mut Quiet).unwrap());
+        assert_eq!(weights(cut.path()), weights(whole.path()), "resumed weights differ");
     }
 }
