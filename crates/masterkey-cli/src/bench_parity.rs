@@ -136,9 +136,15 @@ fn job(data_dir: &Path, runs: Vec<Value>) -> Result<Value> {
     }))
 }
 
+/// The DW modes `bench_parity.py` builds.
+const PYTORCH_MODES: [DwMode; 4] = [DwMode::Trainable, DwMode::Frozen, DwMode::BankInit, DwMode::RandomFrozen];
+
 pub fn run(args: ParityArgs) -> Result<()> {
     if args.modes.is_empty() || args.seeds.is_empty() || args.steps == 0 || args.epochs == 0 {
         bail!("bench parity needs at least one mode, one seed, one step and one epoch");
+    }
+    if let Some(mode) = args.modes.iter().find(|m| !PYTORCH_MODES.contains(m)) {
+        bail!("bench parity has a PyTorch side for {} only, not {mode}", PYTORCH_MODES.map(DwMode::name).join(", "));
     }
     let spec = recipe(&args, args.modes[0], args.seeds[0], false)?.data;
     // The Fashion-MNIST folder the PyTorch side reads the same files from.

@@ -276,6 +276,9 @@ fn case(command: &str, option: &str) -> Option<&'static [&'static str]> {
         ("experiment small-data", "--fractions") => &["--fractions", "0.25"],
         ("experiment small-data" | "experiment universality", "--seeds") => &["--seeds", "1"],
         ("experiment small-data", "--arms") => &["--arms", "frozen (round-robin)"],
+        ("experiment small-data", "--transfer-sources") => {
+            &["--arms", "transfer-frozen", "--transfer-sources", "{checkpoint}"]
+        }
         ("experiment small-data" | "experiment universality", "--output") => &["-o", "{out}/elsewhere"],
         ("experiment universality", "--sets") => &["--sets", "idx={data}:2"],
         // The epochs of sets that do not name their own.
@@ -458,7 +461,7 @@ fn the_experiments_share_the_training_settings_of_train() {
     for experiment in ["experiment small-data", "experiment universality"] {
         let own: BTreeSet<String> = options(experiment).difference(&train).cloned().collect();
         let expected: &[&str] = match experiment {
-            "experiment small-data" => &["--fractions", "--seeds", "--arms"],
+            "experiment small-data" => &["--fractions", "--seeds", "--arms", "--transfer-sources"],
             _ => &["--sets", "--seeds", "--k", "--autoencoder-steps"],
         };
         let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();

@@ -13,7 +13,7 @@
 //! | `samples_*.png` | `demo` | How the bank explains the filters |
 //! | `scalespace/fit.json`, `scalespace/keys_vs_models.png` | `demo`, `scalespace fit -o DIR` | Scale-space models of the keys |
 //! | `search/NAME.curve.json`, `search/NAME.png`, `search/NAME.compare.json` | `demo`, `search -o search/NAME.safetensors` | Banks found in the filters |
-//! | `small-data/results.json`, `small-data/curves-*.svg` | `experiment small-data -o RESULTS/small-data` | Frozen versus trainable on small data |
+//! | `small-data*/results.json`, `small-data*/curves-*.svg` (one section per folder) | `experiment small-data -o RESULTS/small-data[-NAME]` | Frozen versus trainable on small data: DATA SET |
 //! | `universality/results.json`, `universality/banks-*.png`, `universality/*.svg` | `experiment universality -o RESULTS/universality` | Do trained networks converge to the keys? |
 //! | `train/metrics.jsonl` | `train -o RESULTS/train` | Training run |
 

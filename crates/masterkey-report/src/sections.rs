@@ -25,7 +25,7 @@ pub fn collect(dir: &Path) -> Result<Vec<Section>> {
     sections.extend(fit(dir)?);
     sections.extend(scalespace(dir)?);
     sections.extend(found_banks(dir)?);
-    sections.extend(small_data(dir)?);
+    sections.extend(small_data_sections(dir)?);
     sections.extend(crate::universality::section(dir)?);
     sections.extend(training_run(dir)?);
     Ok(sections)
@@ -585,10 +585,77 @@ struct SmallData {
     seeds: Vec<u64>,
     training_seconds: f64,
     stats: Vec<ArmStats>,
+    #[serde(default)]
+    learned_scales: Vec<ShareScales>,
 }
 
-fn small_data(dir: &Path) -> Result<Option<Section>> {
-    let exp_dir = dir.join("small-data");
+/// The scales the scale-space arm learned at one share, per family.
+#[derive(Deserialize)]
+struct ShareScales {
+    fraction: f64,
+    runs: usize,
+    bank: String,
+    discretisation: String,
+    fitted_to_keys: Vec<FamilyMean>,
+    learned: Vec<FamilyMean>,
+}
+
+#[derive(Deserialize)]
+struct FamilyMean {
+    family: String,
+    channels: usize,
+    sigma_x: f64,
+    sigma_y: f64,
+    alpha: Option<f64>,
+}
+
+/// Every `small-data*` folder (one experiment each: `small-data`,
+/// `small-data-photos`, ...), in name order.
+fn small_data_sections(dir: &Path) -> Result<Vec<Section>> {
+    let mut names: Vec<String> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("small-data") && dir.join(n).join("results.json").is_file())
+            .collect(),
+        Err(_) => return Ok(Vec::new()),
+    };
+    names.sort();
+    names.iter().filter_map(|n| small_data(dir, n).transpose()).collect()
+}
+
+fn learned_scales_table(shares: &[ShareScales]) -> String {
+    let Some(first) = shares.first() else { return String::new() };
+    let mut header = vec!["family".to_string(), format!("fitted to {} keys", first.bank)];
+    header.extend(shares.iter().map(|s| format!("learned, {}% ({} runs)", 100.0 * s.fraction, s.runs)));
+    let cell = |m: &FamilyMean| {
+        let alpha = m.alpha.map_or(String::new(), |a| format!(", alpha {a:.3}"));
+        format!("{:.3} / {:.3}{alpha}", m.sigma_x, m.sigma_y)
+    };
+    let rows: Vec<Vec<String>> = first
+        .fitted_to_keys
+        .iter()
+        .map(|fitted| {
+            let mut row = vec![fitted.family.clone(), cell(fitted)];
+            row.extend(shares.iter().map(|s| {
+                s.learned
+                    .iter()
+                    .find(|m| m.family == fitted.family)
+                    .map_or("-".into(), |m| format!("{} ({} channels)", cell(m), m.channels))
+            }));
+            row
+        })
+        .collect();
+    format!(
+        "<p>The scale-space arm: sigma_x / sigma_y in pixels per family, as fitted to the bank's keys ({} \
+         discretisation; where its channels start) and as learned, mean over channels and seeds.</p>{}",
+        escape(&first.discretisation),
+        table(&header, &rows)
+    )
+}
+
+fn small_data(dir: &Path, name: &str) -> Result<Option<Section>> {
+    let exp_dir = dir.join(name);
     let Some(exp): Option<SmallData> = read_json(&exp_dir.join("results.json"))? else { return Ok(None) };
     let budget: Vec<String> =
         exp.shares.iter().map(|s| format!("{} epochs on {}%", s.epochs, 100.0 * s.fraction)).collect();
@@ -647,10 +714,12 @@ fn small_data(dir: &Path) -> Result<Option<Section>> {
         })
         .collect();
     body.push_str(&table(&header, &rows));
+    body.push_str(&learned_scales_table(&exp.learned_scales));
     body.push_str(&svg_figures(&exp_dir, |name| {
         format!("Test accuracy after each epoch, mean over seeds ({name}); {settings}.")
     })?);
-    Ok(Some(Section { id: "small-data".into(), title: "Frozen versus trainable on small data".into(), body }))
+    let title = format!("Frozen versus trainable on small data: {}", exp.dataset);
+    Ok(Some(Section { id: name.into(), title, body }))
 }
 
 /// One line of `train/metrics.jsonl` as `masterkey train` writes it.

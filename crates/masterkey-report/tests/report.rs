@@ -87,6 +87,16 @@ fn results_folder(dir: &Path) -> FitRecord {
     });
     fs::create_dir_all(dir.join("small-data")).unwrap();
     fs::write(dir.join("small-data/results.json"), experiment.to_string()).unwrap();
+    // A second experiment, on photos, with a scale-space arm.
+    let mut photos = experiment.clone();
+    photos["dataset"] = "photos".into();
+    photos["learned_scales"] = serde_json::json!([{
+        "fraction": 0.01, "runs": 2, "bank": "published8", "discretisation": "sampled",
+        "fitted_to_keys": [{"family": "sharpen", "channels": 1, "sigma_x": 0.605, "sigma_y": 0.534, "alpha": 0.551}],
+        "learned": [{"family": "sharpen", "channels": 48, "sigma_x": 0.71, "sigma_y": 0.52, "alpha": 0.6}]
+    }]);
+    fs::create_dir_all(dir.join("small-data-photos")).unwrap();
+    fs::write(dir.join("small-data-photos/results.json"), photos.to_string()).unwrap();
     fs::create_dir_all(dir.join("train")).unwrap();
     // Epoch 2 was not evaluated (`--eval-every 3`): no test fields.
     let metrics = [(1, 0.8, 0.61, true), (2, 0.6, 0.75, false), (3, 0.5, 0.83, true)]
@@ -123,7 +133,8 @@ fn report_has_its_sections_images_and_numbers() {
             "How the bank explains the filters",
             "Scale-space models of the keys",
             "Banks found in the filters",
-            "Frozen versus trainable on small data",
+            "Frozen versus trainable on small data: fashion-mnist",
+            "Frozen versus trainable on small data: photos",
             "Training run"
         ]
     );
@@ -148,6 +159,8 @@ fn report_has_its_sections_images_and_numbers() {
     assert!(html.contains("<td class=\"num\">+2.22</td>"));
     assert!(html.contains("+2.22 (-1.00 to +5.44; 2 seeds)"), "paired difference with its interval");
     assert!(html.contains("mean matched |cos|"));
+    assert!(html.contains("<td class=\"num\">0.605 / 0.534, alpha 0.551</td>"), "the sigmas fitted to the keys");
+    assert!(html.contains("<td class=\"num\">0.710 / 0.520, alpha 0.600 (48 channels)</td>"), "the learned sigmas");
 
     // Numbers: the coverage table shows what fit.json holds.
     let overall = &record.report.overall;

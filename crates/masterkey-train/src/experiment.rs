@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::data::Dataset;
 use crate::dw::{AssignmentKind, DwMode};
-use crate::scalespace_dw::{family_means, LearnedScales};
+use crate::scalespace_dw::{family_means, FamilyMean, LearnedScales};
 use crate::train::{train, EpochMetrics, Observer, Outcome, RunOptions, TrainConfig, CHECKPOINT_DIR, METRICS_FILE};
 use crate::ModelAutodiffBackend;
 
@@ -151,7 +151,42 @@ pub struct ExperimentReport {
     /// Training time summed over the runs (evaluation not included).
     pub training_seconds: f64,
     pub stats: Vec<ArmStats>,
+    /// Per share where a `scalespace` arm ran: its learned scales per family.
+    pub learned_scales: Vec<ShareScales>,
     pub runs: Vec<RunResult>,
+}
+
+/// The scales the `scalespace` arm learned at one share, per family, over
+/// channels and seeds, beside those fitted to the bank's keys (where its
+/// channels start).
+#[derive(Debug, Clone, Serialize)]
+pub struct ShareScales {
+    pub fraction: f64,
+    pub runs: usize,
+    pub bank: String,
+    pub discretisation: String,
+    pub fitted_to_keys: Vec<FamilyMean>,
+    pub learned: Vec<FamilyMean>,
+}
+
+fn share_scales(runs: &[RunResult], fractions: &[f64]) -> Vec<ShareScales> {
+    fractions
+        .iter()
+        .filter_map(|&fraction| {
+            let mine: Vec<&LearnedScales> =
+                runs.iter().filter(|r| r.fraction == fraction).filter_map(|r| r.learned_scales.as_ref()).collect();
+            let first = mine.first()?;
+            let channels: Vec<_> = mine.iter().flat_map(|l| l.channels.concat()).collect();
+            Some(ShareScales {
+                fraction,
+                runs: mine.len(),
+                bank: first.bank.clone(),
+                discretisation: first.discretisation.clone(),
+                fitted_to_keys: first.fitted_to_keys.clone(),
+                learned: family_means(&channels),
+            })
+        })
+        .collect()
 }
 
 fn run_dir(out: &Path, fraction: f64, seed: u64, arm: &Arm) -> PathBuf {
@@ -226,6 +261,7 @@ pub fn run_experiment<B: ModelAutodiffBackend>(
     }
     let fractions: Vec<f64> = shares.iter().map(|s| s.fraction).collect();
     let stats = summarise(&runs, arms, &fractions);
+    let learned_scales = share_scales(&runs, &fractions);
     Ok(ExperimentReport {
         model: template.model.name.clone(),
         dataset: data.name.clone(),
@@ -238,6 +274,7 @@ pub fn run_experiment<B: ModelAutodiffBackend>(
         total_seconds: started.elapsed().as_secs_f64(),
         training_seconds: runs.iter().map(|r| r.train_seconds).sum(),
         stats,
+        learned_scales,
         runs,
     })
 }
@@ -399,35 +436,29 @@ pub fn markdown(report: &ExperimentReport) -> String {
 /// Per family: the sigmas fitted to the bank's keys (where the scale-space
 /// channels start) and the mean learned at each share, over channels and seeds.
 fn learned_scales_markdown(report: &ExperimentReport, md: &mut String) {
-    let learned = |fraction: f64| -> Vec<_> {
-        let runs: Vec<&LearnedScales> =
-            report.runs.iter().filter(|r| r.fraction == fraction).filter_map(|r| r.learned_scales.as_ref()).collect();
-        family_means(&runs.iter().flat_map(|l| l.channels.concat()).collect::<Vec<_>>())
-    };
-    let Some(first) = report.runs.iter().find_map(|r| r.learned_scales.as_ref()) else { return };
+    let Some(first) = report.learned_scales.first() else { return };
     let _ = write!(
         md,
         "\nScale-space arm: sigma_x / sigma_y (alpha for sharpen) per family, fitted to the keys of {} ({} \
          discretisation) and learned (mean over channels and seeds).\n\n| family | fitted |",
         first.bank, first.discretisation
     );
-    for share in &report.shares {
+    for share in &report.learned_scales {
         let _ = write!(md, " learned, {}% of train |", share.fraction * 100.0);
     }
     let _ = write!(md, "\n|---|---|");
-    for _ in &report.shares {
+    for _ in &report.learned_scales {
         let _ = write!(md, "---|");
     }
     md.push('\n');
-    let cell = |m: &crate::scalespace_dw::FamilyMean| {
+    let cell = |m: &FamilyMean| {
         let alpha = m.alpha.map_or(String::new(), |a| format!(" ({a:.3})"));
         format!("{:.3} / {:.3}{alpha}", m.sigma_x, m.sigma_y)
     };
-    let per_share: Vec<Vec<_>> = report.shares.iter().map(|s| learned(s.fraction)).collect();
     for fitted in &first.fitted_to_keys {
         let _ = write!(md, "| {} | {} |", fitted.family, cell(fitted));
-        for means in &per_share {
-            let text = means.iter().find(|m| m.family == fitted.family).map_or("-".into(), cell);
+        for share in &report.learned_scales {
+            let text = share.learned.iter().find(|m| m.family == fitted.family).map_or("-".into(), cell);
             let _ = write!(md, " {text} |");
         }
         md.push('\n');

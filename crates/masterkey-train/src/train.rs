@@ -105,8 +105,19 @@ impl TrainConfig {
         {
             return bad(format!("{mode} takes the round-robin or random assignment, not {assignment}"));
         }
-        if mode == DwMode::TransferFrozen && self.dw.source_checkpoint.is_none() {
-            return bad("transfer-frozen needs the checkpoint whose filters it freezes (--source-checkpoint)".into());
+        let takes_source =
+            mode == DwMode::TransferFrozen || (mode == DwMode::Frozen && assignment == AssignmentKind::FromCheckpoint);
+        match (takes_source, &self.dw.source_checkpoint) {
+            (true, None) if mode == DwMode::TransferFrozen => {
+                return bad("transfer-frozen needs the checkpoint whose filters it freezes (--source-checkpoint)".into())
+            }
+            (false, Some(_)) => {
+                return bad(format!(
+                    "a source checkpoint is used by transfer-frozen and frozen from-checkpoint only, not {mode} ({})",
+                    self.assignment_label()
+                ))
+            }
+            _ => {}
         }
         if mode == DwMode::Frozen && assignment == AssignmentKind::FitAndFreeze {
             let f = self.dw.freeze_after;
@@ -875,8 +886,7 @@ mod tests {
         assert_eq!(written, scales);
         let (model, _) = load_trained::<crate::CpuBackend>(&whole.path().join(CHECKPOINT_DIR)).unwrap();
         let operators: Vec<f32> = model.dw_layers()[0].filter.val().into_data().iter::<f32>().collect();
-        let families: Vec<_> = scales.channels[0].iter().copied().collect();
-        assert_eq!(operators, crate::scalespace_dw::operators(&families), "the operators changed");
+        assert_eq!(operators, crate::scalespace_dw::operators(&scales.channels[0]), "the operators changed");
 
         let cut = tempfile::tempdir().unwrap();
         let halt = RunOptions { resume: false, halt_after_steps: Some(12 + 5), dw_snapshots: false };
