@@ -30,9 +30,6 @@ impl Arm {
     pub fn label(&self) -> String {
         match self.mode {
             DwMode::Frozen | DwMode::BankInit => format!("{} ({})", self.mode, self.assignment),
-            DwMode::Scalespace if self.assignment != AssignmentKind::RoundRobin => {
-                format!("{} ({})", self.mode, self.assignment)
-            }
             _ => self.mode.to_string(),
         }
     }
