@@ -207,8 +207,10 @@ const STOPPING: Stopping = Stopping { max_evaluations: 800, value_tolerance: 1e-
 
 /// The search coordinates `(ln sigma_x, ln sigma_y[, alpha])` as a model.
 fn model_at(family: Family, discretisation: Discretisation, point: &[f64]) -> Model {
+    // `exp(ln 10)` rounds to 10.000000000000002: clamped, a fit at the bound stays a valid model.
+    let sigma = |ln: f64| ln.exp().clamp(*SIGMA_RANGE.start(), *SIGMA_RANGE.end());
     let params =
-        Params { sigma_x: point[0].exp(), sigma_y: point[1].exp(), alpha: family.has_alpha().then(|| point[2]) };
+        Params { sigma_x: sigma(point[0]), sigma_y: sigma(point[1]), alpha: family.has_alpha().then(|| point[2]) };
     Model { family, discretisation, params }
 }
 
@@ -282,6 +284,20 @@ mod tests {
         // Any scale and offset: the fit normalises.
         let taps = model.kernel(SIZE).unwrap().taps.iter().map(|v| -3.0 * v + 0.25).collect();
         (model, taps)
+    }
+
+    /// A key flatter than any model fits at the largest sigma, and that fit
+    /// is a model with a kernel (`exp(ln 10)` rounded above the range, and
+    /// `demo --bank` with a 5x5 bank found from real filters failed on it).
+    #[test]
+    fn a_fit_at_the_range_bound_is_a_valid_model() {
+        let broad: Vec<f64> = (0..SIZE * SIZE)
+            .map(|t| (-(((t / SIZE) as f64 - 3.0).powi(2) + ((t % SIZE) as f64 - 3.0).powi(2)) / 5000.0).exp())
+            .collect();
+        let fit = fit_key(&broad, SIZE, "broad", &only(Family::Gauss, Discretisation::Sampled, Criterion::L2)).unwrap();
+        let p = fit.best.model.params;
+        assert_eq!((p.sigma_x, p.sigma_y), (*SIGMA_RANGE.end(), *SIGMA_RANGE.end()));
+        fit.best.model.kernel(SIZE).unwrap();
     }
 
     fn only(family: Family, discretisation: Discretisation, criterion: Criterion) -> FitOptions {
