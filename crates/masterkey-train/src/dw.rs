@@ -196,9 +196,12 @@ impl DwPlan {
                 let (mut base, mut a, mut b) = (filters, Vec::with_capacity(channels), Vec::with_capacity(channels));
                 for f in base.chunks_exact_mut(taps) {
                     let (mean, norm) = mean_and_centered_norm(f);
-                    let dead = is_dead(norm, DEFAULT_DEAD_TOLERANCE);
-                    f.iter_mut().for_each(|v| *v = if dead { 0.0 } else { (*v - mean) / norm });
-                    a.push(if dead { 0.0 } else { norm });
+                    if normalise(f, DEFAULT_DEAD_TOLERANCE) {
+                        a.push(norm);
+                    } else {
+                        f.fill(0.0);
+                        a.push(0.0);
+                    }
                     b.push(mean);
                 }
                 DwConv::frozen_from(base, a, b, self.learn_scale, kernel, stride, bias, device)
@@ -425,6 +428,7 @@ mod tests {
     use super::*;
     use crate::testing::{assert_close, to_vec, Ad, Cpu};
     use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::TensorData;
 
     /// Direct cross-correlation, zero padding `k/2`, in f64.
@@ -503,6 +507,25 @@ mod tests {
         g
     }
 
+    /// Runs `layer` on a random input of `shape` and backpropagates
+    /// `sum(out * r)` for a random `r`: the input, `r`, the output's height and
+    /// width, and the gradients.
+    fn backward_of_random_projection(
+        layer: &DwConv<Ad>,
+        shape: [usize; 4],
+        rng: &mut SplitMix,
+    ) -> (Vec<f32>, Vec<f32>, [usize; 2], <Ad as AutodiffBackend>::Gradients) {
+        let device = Default::default();
+        let xs: Vec<f32> = (0..shape.iter().product()).map(|_| rng.normal()).collect();
+        let x = Tensor::<Ad, 4>::from_data(TensorData::new(xs.clone(), shape), &device);
+        let out = layer.forward(x, Layout::ChannelsFirst);
+        let [n, c, oh, ow] = out.dims();
+        let rs: Vec<f32> = (0..n * c * oh * ow).map(|_| rng.normal()).collect();
+        let r = Tensor::<Ad, 4>::from_data(TensorData::new(rs.clone(), [n, c, oh, ow]), &device);
+        let grads = (out * r).sum().backward();
+        (xs, rs, [oh, ow], grads)
+    }
+
     fn plan(mode: DwMode) -> DwPlan {
         DwPlan { mode, ..DwPlan::trainable(Bank::published8()) }
     }
@@ -553,13 +576,7 @@ mod tests {
             p.learn_scale = learn_scale;
             let layer = p.build::<Ad>(0, c, k, s, WeightInit::Normal(0.3), &mut rng, &device);
             let base = to_vec(layer.filter.val());
-            let xs: Vec<f32> = (0..n * c * h * w).map(|_| rng.normal()).collect();
-            let x = Tensor::<Ad, 4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &device);
-            let out = layer.forward(x, Layout::ChannelsFirst);
-            let [_, _, oh, ow] = out.dims();
-            let rs: Vec<f32> = (0..n * c * oh * ow).map(|_| rng.normal()).collect();
-            let r = Tensor::<Ad, 4>::from_data(TensorData::new(rs.clone(), [n, c, oh, ow]), &device);
-            let grads = (out * r).sum().backward();
+            let (xs, rs, [oh, ow], grads) = backward_of_random_projection(&layer, [n, c, h, w], &mut rng);
             let per_channel = |response: Vec<f64>| -> Vec<f64> {
                 let plane = oh * ow;
                 (0..c)
@@ -696,13 +713,7 @@ mod tests {
             layer.scalespace = Some(crate::scalespace_dw::ScaleSpaceFilters { families: ss.families, ..fresh });
             layer.scale = Some(param(a.clone(), [c], &device));
             layer.offset = Some(param(b.clone(), [c], &device));
-            let xs: Vec<f32> = (0..n * c * h * w).map(|_| rng.normal()).collect();
-            let x = Tensor::<Ad, 4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &device);
-            let out = layer.forward(x, Layout::ChannelsFirst);
-            let [_, _, oh, ow] = out.dims();
-            let rs: Vec<f32> = (0..n * c * oh * ow).map(|_| rng.normal()).collect();
-            let r = Tensor::<Ad, 4>::from_data(TensorData::new(rs.clone(), [n, c, oh, ow]), &device);
-            let grads = (out * r).sum().backward();
+            let (xs, rs, _, grads) = backward_of_random_projection(&layer, [n, c, h, w], &mut rng);
 
             let loss = |models: &[ChannelModel], a: &[f32], b: &[f32]| -> f64 {
                 let filt: Vec<f32> = models

@@ -658,6 +658,17 @@ mod tests {
         v.0
     }
 
+    /// `config` halted in its second epoch (12 steps each on 180 images) and
+    /// resumed ends with the weights of the uninterrupted run in `whole`.
+    fn assert_halted_and_resumed_run_ends_like(config: &TrainConfig, data: &Dataset, whole: &Path) {
+        let cut = tempfile::tempdir().unwrap();
+        let halt = RunOptions { resume: false, halt_after_steps: Some(12 + 5), dw_snapshots: false };
+        train::<Ad>(config, data, cut.path(), &halt, &mut Quiet).unwrap();
+        let resume = RunOptions { resume: true, halt_after_steps: None, dw_snapshots: false };
+        finish(train::<Ad>(config, data, cut.path(), &resume, &mut Quiet).unwrap());
+        assert_eq!(weights(cut.path()), weights(whole), "resumed weights differ");
+    }
+
     fn finish(outcome: Outcome) -> Summary {
         match outcome {
             Outcome::Finished(s) => *s,
@@ -849,12 +860,7 @@ mod tests {
             }
         }
 
-        let cut = tempfile::tempdir().unwrap();
-        let halt = RunOptions { resume: false, halt_after_steps: Some(12 + 5), dw_snapshots: false };
-        train::<Ad>(&config, &data, cut.path(), &halt, &mut Quiet).unwrap();
-        let resume = RunOptions { resume: true, halt_after_steps: None, dw_snapshots: false };
-        finish(train::<Ad>(&config, &data, cut.path(), &resume, &mut Quiet).unwrap());
-        assert_eq!(weights(cut.path()), weights(whole.path()), "resumed weights differ");
+        assert_halted_and_resumed_run_ends_like(&config, &data, whole.path());
 
         let mut wider = config.clone();
         wider.model.dims = vec![24];
@@ -888,11 +894,6 @@ mod tests {
         let operators: Vec<f32> = model.dw_layers()[0].filter.val().into_data().iter::<f32>().collect();
         assert_eq!(operators, crate::scalespace_dw::operators(&scales.channels[0]), "the operators changed");
 
-        let cut = tempfile::tempdir().unwrap();
-        let halt = RunOptions { resume: false, halt_after_steps: Some(12 + 5), dw_snapshots: false };
-        train::<Ad>(&config, &data, cut.path(), &halt, &mut Quiet).unwrap();
-        let resume = RunOptions { resume: true, halt_after_steps: None, dw_snapshots: false };
-        finish(train::<Ad>(&config, &data, cut.path(), &resume, &mut Quiet).unwrap());
-        assert_eq!(weights(cut.path()), weights(whole.path()), "resumed weights differ");
+        assert_halted_and_resumed_run_ends_like(&config, &data, whole.path());
     }
 }
