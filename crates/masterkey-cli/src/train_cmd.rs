@@ -37,9 +37,9 @@ pub struct DataSourceArgs {
 /// The bank frozen and bank-initialised DW layers take their keys from.
 #[derive(clap::Args)]
 pub struct KeyArgs {
-    /// Bank of keys: a built-in name (published8) or a bank file.
-    #[arg(long, default_value = "published8")]
-    bank: String,
+    /// Bank of keys: a built-in name or a bank file [default: published8].
+    #[arg(long)]
+    bank: Option<String>,
     /// Learn the per-channel scale `a` of frozen filters.
     #[arg(long)]
     dw_scale: bool,
@@ -128,12 +128,12 @@ pub struct TrainArgs {
     #[command(flatten)]
     keys: KeyArgs,
     /// Channel-to-key assignment for frozen, bank-init and scalespace (whose channels start from their key's
-    /// closest scale-space model).
-    #[arg(long, default_value = "round-robin")]
-    assignment: AssignmentKind,
-    /// fit-and-freeze: epochs trained trainable before snapping to the bank.
-    #[arg(long, default_value_t = 1)]
-    freeze_after: usize,
+    /// closest scale-space model) [default: round-robin].
+    #[arg(long)]
+    assignment: Option<AssignmentKind>,
+    /// fit-and-freeze: epochs trained trainable before snapping to the bank [default: 1].
+    #[arg(long)]
+    freeze_after: Option<usize>,
     /// The trained checkpoint folder whose DW filters are fitted to the bank (from-checkpoint) or frozen as
     /// they are (transfer-frozen; DW layers matched by channels and kernel size, in order).
     #[arg(long)]
@@ -259,23 +259,60 @@ impl RecipeArgs {
 
 impl KeyArgs {
     fn dw_settings(&self, mode: DwMode) -> DwSettings {
-        DwSettings { bank: self.bank.clone(), learn_scale: self.dw_scale, ..DwSettings::new(mode) }
+        let defaults = DwSettings::new(mode);
+        DwSettings { bank: self.bank.clone().unwrap_or(defaults.bank.clone()), learn_scale: self.dw_scale, ..defaults }
     }
+
+    /// Refuses `--bank` and `--dw-scale` where no run of `arms` reads them:
+    /// the run would go on as if they had been honoured.
+    fn check_read_by(&self, arms: &[Arm], runs: &str) -> Result<()> {
+        if self.bank.is_some() && !arms.iter().any(|a| a.mode.uses_bank()) {
+            bail!("--bank is read by the frozen, bank-init and scalespace DW modes only, not by {runs}");
+        }
+        if self.dw_scale && !arms.iter().any(|a| a.mode.has_scale()) {
+            bail!(
+                "--dw-scale is read by the frozen, random-frozen, scalespace and transfer-frozen DW modes only, \
+                 not by {runs}"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether any of `arms` is frozen by fit-and-freeze, the one assignment
+/// that reads `--freeze-after`.
+fn fits_and_freezes(arms: &[Arm]) -> bool {
+    arms.iter().any(|a| a.mode == DwMode::Frozen && a.assignment == AssignmentKind::FitAndFreeze)
 }
 
 impl TrainArgs {
     fn config(&self, data: &Dataset) -> Result<TrainConfig> {
+        let defaults = self.keys.dw_settings(self.dw_mode);
         let dw = DwSettings {
-            assignment: self.assignment,
-            freeze_after: self.freeze_after,
+            assignment: self.assignment.unwrap_or(defaults.assignment),
+            freeze_after: self.freeze_after.unwrap_or(defaults.freeze_after),
             source_checkpoint: self.source_checkpoint.clone(),
-            ..self.keys.dw_settings(self.dw_mode)
+            ..defaults
         };
         Ok(TrainConfig { seed: self.seed, ..self.recipe.config(data, self.data_spec(), dw)? })
     }
 
     fn data_spec(&self) -> DataSpec {
         self.recipe.data_spec(self.source.dataset, self.source.data.clone(), self.fraction)
+    }
+
+    /// Refuses the DW options this run's mode and assignment do not read.
+    fn check_options_read(&self) -> Result<()> {
+        let arm = Arm { mode: self.dw_mode, assignment: self.assignment.unwrap_or(AssignmentKind::RoundRobin) };
+        let runs = format!("--dw-mode {}", self.dw_mode);
+        self.keys.check_read_by(&[arm], &runs)?;
+        if self.assignment.is_some() && !self.dw_mode.uses_bank() {
+            bail!("--assignment is read by the frozen, bank-init and scalespace DW modes only, not by {runs}");
+        }
+        if self.freeze_after.is_some() && !fits_and_freezes(&[arm]) {
+            bail!("--freeze-after is read by --dw-mode frozen --assignment fit-and-freeze only");
+        }
+        Ok(())
     }
 }
 
@@ -334,6 +371,7 @@ impl OnDevice for TrainJob<'_> {
 
 pub fn run_train(args: TrainArgs) -> Result<()> {
     args.device.ensure_built()?;
+    args.check_options_read()?;
     let data = Dataset::load(&args.data_spec(), fetch_data)?;
     let config = args.config(&data)?;
     // Bad settings end in one line, before the settings line below.
@@ -499,9 +537,10 @@ pub struct SmallDataArgs {
     source: DataSourceArgs,
     #[command(flatten)]
     keys: KeyArgs,
-    /// fit-and-freeze: epochs trained trainable before snapping to the bank (where a share does not say).
-    #[arg(long, default_value_t = 1)]
-    freeze_after: usize,
+    /// fit-and-freeze: epochs trained trainable before snapping to the bank (where a share does not say)
+    /// [default: 1].
+    #[arg(long)]
+    freeze_after: Option<usize>,
     /// Training settings shared by every run (--epochs is the budget of a share that does not name its own).
     #[command(flatten)]
     recipe: RecipeArgs,
@@ -529,12 +568,6 @@ pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
         ExperimentCommand::SmallData(args) => args,
         ExperimentCommand::Universality(args) => return crate::universality_cmd::run(*args),
     };
-    let spec = args.recipe.data_spec(args.source.dataset, args.source.data.clone(), 1.0);
-    let data = Dataset::load(&spec, fetch_data)?;
-    let dw = DwSettings { freeze_after: args.freeze_after, ..args.keys.dw_settings(DwMode::Trainable) };
-    let template = args.recipe.config(&data, spec, dw)?;
-    let shares =
-        args.fractions.iter().map(|f| Share::parse(f, &template)).collect::<masterkey_core::Result<Vec<_>>>()?;
     let all = all_arms();
     let arms: Vec<Arm> = match &args.arms {
         None => {
@@ -550,6 +583,21 @@ pub fn run_experiment(cmd: ExperimentCommand) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
+    let runs = format!("the arms run here ({})", arms.iter().map(Arm::label).collect::<Vec<_>>().join(", "));
+    args.keys.check_read_by(&arms, &runs)?;
+    if args.freeze_after.is_some() && !fits_and_freezes(&arms) {
+        bail!("--freeze-after is read by the frozen (fit-and-freeze) arm only, not by {runs}");
+    }
+    if !args.transfer_sources.is_empty() && !arms.iter().any(|a| a.mode == DwMode::TransferFrozen) {
+        bail!("--transfer-sources is read by the transfer-frozen arm only, not by {runs}");
+    }
+    let spec = args.recipe.data_spec(args.source.dataset, args.source.data.clone(), 1.0);
+    let data = Dataset::load(&spec, fetch_data)?;
+    let defaults = args.keys.dw_settings(DwMode::Trainable);
+    let dw = DwSettings { freeze_after: args.freeze_after.unwrap_or(defaults.freeze_after), ..defaults };
+    let template = args.recipe.config(&data, spec, dw)?;
+    let shares =
+        args.fractions.iter().map(|f| Share::parse(f, &template)).collect::<masterkey_core::Result<Vec<_>>>()?;
     let report = experiment::run_experiment::<masterkey_train::TrainBackend>(
         &template,
         &data,

@@ -473,3 +473,31 @@ fn the_experiments_share_the_training_settings_of_train() {
         assert_eq!(own, expected, "{experiment}: options of its own");
     }
 }
+
+/// A DW option that the run's mode (or none of the experiment's arms) reads
+/// is refused in one line naming it, not dropped while the run goes on.
+#[test]
+fn options_the_run_would_not_read_are_refused_in_one_line() {
+    let f = Fixtures { dir: tempfile::tempdir().unwrap() };
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("train", &["--dw-mode", "trainable", "--assignment", "random"], "--assignment"),
+        ("train", &["--dw-mode", "transfer-frozen", "--assignment", "round-robin"], "--assignment"),
+        ("train", &["--dw-mode", "random-frozen", "--bank", "published8"], "--bank"),
+        ("train", &["--dw-mode", "bank-init", "--dw-scale"], "--dw-scale"),
+        ("train", &["--dw-mode", "frozen", "--freeze-after", "2"], "--freeze-after"),
+        ("experiment small-data", &["--arms", "trainable,random-frozen", "--bank", "published8"], "--bank"),
+        ("experiment small-data", &["--arms", "trainable,bank-init (round-robin)", "--dw-scale"], "--dw-scale"),
+        ("experiment small-data", &["--freeze-after", "2"], "--freeze-after"),
+        ("experiment small-data", &["--transfer-sources", "{out}"], "--transfer-sources"),
+    ];
+    for (command, extra, option) in cases {
+        let args = with_option(&base(command), extra);
+        match f.run(&args) {
+            Err(stderr) => {
+                let line = stderr.trim_end();
+                assert!(line.lines().count() == 1 && line.contains(option), "{}: {stderr}", args.join(" "));
+            }
+            Ok(_) => panic!("masterkey {} ran without reading {option}", args.join(" ")),
+        }
+    }
+}

@@ -76,6 +76,20 @@ kebab_enum!(
     FitAndFreeze = "fit-and-freeze"
 );
 
+impl DwMode {
+    /// Whether the mode's filters come from a bank's keys, so that it reads
+    /// a bank and an assignment of keys to channels.
+    pub fn uses_bank(self) -> bool {
+        matches!(self, DwMode::Frozen | DwMode::BankInit | DwMode::Scalespace)
+    }
+
+    /// Whether the mode's filters are `a * base + b` with a per-channel
+    /// scale `a` that can be made learnable.
+    pub fn has_scale(self) -> bool {
+        !matches!(self, DwMode::Trainable | DwMode::BankInit)
+    }
+}
+
 /// One channel's frozen filter: `a * key + b`, `key` indexing the bank.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ChannelKey {

@@ -134,9 +134,10 @@ impl TrainConfig {
 
     /// The assignment actually used: `n/a` where the mode has none.
     pub fn assignment_label(&self) -> String {
-        match self.dw.mode {
-            DwMode::Trainable | DwMode::RandomFrozen | DwMode::TransferFrozen => "n/a".into(),
-            _ => self.dw.assignment.to_string(),
+        if self.dw.mode.uses_bank() {
+            self.dw.assignment.to_string()
+        } else {
+            "n/a".into()
         }
     }
 }
