@@ -206,12 +206,12 @@ fn gelu_grad_slice_auto<const FUSED: bool>(x: &[f32], grad: &mut [f32]) {
 
 /// The slice loops built per instruction set, with fused multiply-adds where
 /// the CPU has FMA.
-mod simd {
+pub(crate) mod simd {
     use std::mem::MaybeUninit;
 
     use crate::cpu::per_isa;
 
-    per_isa!(pub(super) fn gelu_slice(x: &[f32], out: &mut [MaybeUninit<f32>])
+    per_isa!(pub(crate) fn gelu_slice(x: &[f32], out: &mut [MaybeUninit<f32>])
         => super::gelu_slice_auto::<true>, super::gelu_slice_auto::<true>, super::gelu_slice_auto::<false>);
     per_isa!(pub(super) fn gelu_grad_slice(x: &[f32], grad: &mut [f32])
         => super::gelu_grad_slice_auto::<true>, super::gelu_grad_slice_auto::<true>, super::gelu_grad_slice_auto::<false>);

@@ -1,6 +1,7 @@
 //! The operations masterkey's networks are made of, beyond burn's own: the
 //! depthwise convolution (with the frozen keys' offset), GELU, LayerNorm, the
-//! linear layer and patch gathering. Each is a burn backend extension: a
+//! linear layer, patch gathering and the ConvNeXt block's MLP fused for
+//! inference. Each is a burn backend extension: a
 //! trait whose default bodies are burn's operations (so every backend has
 //! it), implemented with direct kernels where measured speed asked for them,
 //! and with a backward step for autodiff.
@@ -14,6 +15,7 @@ pub mod gelu_op;
 #[cfg(feature = "gpu")]
 mod gpu;
 pub mod linear_op;
+pub mod mlp_op;
 pub mod norm_op;
 pub mod patch_op;
 
@@ -26,6 +28,7 @@ pub trait OpsBackend:
     + gelu_op::GeluBackend
     + norm_op::LayerNormBackend
     + linear_op::LinearBackend
+    + mlp_op::MlpBackend
     + patch_op::PatchBackend
 {
 }
@@ -35,6 +38,7 @@ impl<B> OpsBackend for B where
         + gelu_op::GeluBackend
         + norm_op::LayerNormBackend
         + linear_op::LinearBackend
+        + mlp_op::MlpBackend
         + patch_op::PatchBackend
 {
 }

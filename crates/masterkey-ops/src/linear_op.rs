@@ -112,7 +112,7 @@ const ROWS_PER_TASK: usize = 1024;
 
 /// A matrix: values, rows, columns, and the strides of a row and a column
 /// (a transposed view swaps them).
-struct Matrix<'a> {
+pub(crate) struct Matrix<'a> {
     values: &'a [f32],
     rows: usize,
     cols: usize,
@@ -121,7 +121,7 @@ struct Matrix<'a> {
 }
 
 impl<'a> Matrix<'a> {
-    fn new(values: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub(crate) fn new(values: &'a [f32], rows: usize, cols: usize) -> Self {
         assert_eq!(values.len(), rows * cols, "matrix of {rows}x{cols}");
         Matrix { values, rows, cols, row_stride: cols, col_stride: 1 }
     }
@@ -132,11 +132,19 @@ impl<'a> Matrix<'a> {
 }
 
 /// `lhs rhs`, added onto `out` (`lhs.rows x rhs.cols`, row-major) if
-/// `accumulate`, else written over whatever `out` holds.
-fn product(lhs: &Matrix, rhs: &Matrix, out: &mut [std::mem::MaybeUninit<f32>], accumulate: bool) {
+/// `accumulate`, else written over whatever `out` holds; split across cores
+/// where `parallel` and the product is large enough to gain from it.
+pub(crate) fn product(
+    lhs: &Matrix,
+    rhs: &Matrix,
+    out: &mut [std::mem::MaybeUninit<f32>],
+    accumulate: bool,
+    parallel: bool,
+) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert!(rhs.rows == k && out.len() == m * n, "product of {m}x{k} by {}x{n}", rhs.rows);
-    let parallelism = if m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let parallelism =
+        if parallel && m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     let stride = |s: usize| s as isize;
     // SAFETY: the asserts above and in `Matrix::new` keep every index gemm
     // forms (row * row_stride + col * col_stride) inside its slice; `out`
@@ -166,6 +174,15 @@ fn product(lhs: &Matrix, rhs: &Matrix, out: &mut [std::mem::MaybeUninit<f32>], a
     }
 }
 
+/// `lhs rhs` added onto `out`, on the calling thread (for callers that
+/// are parallel tasks themselves).
+pub(crate) fn product_onto(lhs: &Matrix, rhs: &Matrix, out: &mut [f32]) {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and `product`
+    // writes only initialised values into it.
+    let out = unsafe { &mut *(out as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) };
+    product(lhs, rhs, out, true, false);
+}
+
 fn dims2(t: &FlexTensor) -> [usize; 2] {
     t.shape().dims()
 }
@@ -182,7 +199,7 @@ impl LinearBackend for Flex {
                         o.write(b);
                     })
                 });
-                product(&Matrix::new(&x, rows, d_in), &Matrix::new(&weight, d_in, d_out), out, true);
+                product(&Matrix::new(&x, rows, d_in), &Matrix::new(&weight, d_in, d_out), out, true, true);
             })
         };
         FlexTensor::from_data(TensorData::new(out, [rows, d_out]))
@@ -194,7 +211,13 @@ impl LinearBackend for Flex {
         // SAFETY: the product, not reading `out`, writes all of it.
         let out = unsafe {
             written(rows * d_in, |out| {
-                product(&Matrix::new(&grad, rows, d_out), &Matrix::new(&weight, d_in, d_out).transposed(), out, false);
+                product(
+                    &Matrix::new(&grad, rows, d_out),
+                    &Matrix::new(&weight, d_in, d_out).transposed(),
+                    out,
+                    false,
+                    true,
+                );
             })
         };
         FlexTensor::from_data(TensorData::new(out, [rows, d_in]))
@@ -206,7 +229,7 @@ impl LinearBackend for Flex {
         // SAFETY: as above.
         let out = unsafe {
             written(d_in * d_out, |out| {
-                product(&Matrix::new(&x, rows, d_in).transposed(), &Matrix::new(&grad, rows, d_out), out, false);
+                product(&Matrix::new(&x, rows, d_in).transposed(), &Matrix::new(&grad, rows, d_out), out, false, true);
             })
         };
         FlexTensor::from_data(TensorData::new(out, [d_in, d_out]))

@@ -270,10 +270,10 @@ fn backward_rows_auto(
 }
 
 /// The row loops built per instruction set.
-mod simd {
+pub(crate) mod simd {
     use crate::cpu::per_isa;
 
-    per_isa!(pub(super) fn forward_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32])
+    per_isa!(pub(crate) fn forward_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32])
         => super::forward_rows_auto, super::forward_rows_auto, super::forward_rows_auto);
     per_isa!(pub(super) fn backward_rows(
         x: &[f32],

@@ -96,6 +96,19 @@ impl<B: Backend> Dense<B> {
     }
 }
 
+impl<B: Backend> Dense<B> {
+    /// The weight and bias.
+    pub fn params(&self) -> (Tensor<B, 2>, Tensor<B, 1>) {
+        (self.weight.val(), self.bias.val())
+    }
+
+    /// The weight and bias of `forward_scaled`: `W diag(scale)`, `b * scale`.
+    pub fn scaled_params(&self, scale: Tensor<B, 1>) -> (Tensor<B, 2>, Tensor<B, 1>) {
+        let out = scale.dims()[0];
+        (self.weight.val() * scale.clone().reshape([1, out]), self.bias.val() * scale)
+    }
+}
+
 impl<B: LinearBackend> Dense<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         linear(x, self.weight.val(), self.bias.val())
@@ -106,9 +119,8 @@ impl<B: LinearBackend> Dense<B> {
     /// touches the small weight instead of the large output, forward and
     /// backward, and autodiff gives `scale` the same gradient.
     pub fn forward_scaled<const D: usize>(&self, x: Tensor<B, D>, scale: Tensor<B, 1>) -> Tensor<B, D> {
-        let out = scale.dims()[0];
-        let weight = self.weight.val() * scale.clone().reshape([1, out]);
-        linear(x, weight, self.bias.val() * scale)
+        let (weight, bias) = self.scaled_params(scale);
+        linear(x, weight, bias)
     }
 }
 
@@ -186,6 +198,11 @@ const LAYER_NORM_EPS: f32 = 1e-6;
 impl<B: Backend> LastAxisNorm<B> {
     pub fn new(channels: usize, device: &B::Device) -> Self {
         LastAxisNorm { gamma: filled(1.0, [channels], device), beta: filled(0.0, [channels], device) }
+    }
+
+    /// Scale, shift and epsilon.
+    pub fn params(&self) -> (Tensor<B, 1>, Tensor<B, 1>, f32) {
+        (self.gamma.val(), self.beta.val(), LAYER_NORM_EPS)
     }
 }
 

@@ -21,7 +21,7 @@ pub mod train;
 
 pub use masterkey_core::rng;
 pub use masterkey_data as data;
-pub use masterkey_ops::{dw_op, gelu_op, linear_op, norm_op, patch_op};
+pub use masterkey_ops::{dw_op, gelu_op, linear_op, mlp_op, norm_op, patch_op};
 
 #[cfg(test)]
 mod testing;

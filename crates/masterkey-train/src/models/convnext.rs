@@ -14,6 +14,8 @@
 
 use crate::dw_op::Layout;
 use crate::gelu_op::gelu;
+use crate::linear_op::linear;
+use crate::mlp_op::block_mlp;
 use crate::ModelBackend;
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
@@ -75,15 +77,15 @@ impl<B: ModelBackend> Block<B> {
     /// `x` channels-last, `[N, H, W, C]`.
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let y = self.dw.forward(x.clone(), Layout::ChannelsLast);
-        let mut y = gelu(self.expand.forward(self.norm.forward(y)));
-        if let Some(grn) = &self.grn {
-            y = grn.forward(y);
-        }
-        let y = match &self.layer_scale {
-            Some(gamma) => self.project.forward_scaled(y, gamma.val()),
-            None => self.project.forward(y),
+        let project = match &self.layer_scale {
+            Some(gamma) => self.project.scaled_params(gamma.val()),
+            None => self.project.params(),
         };
-        x + y
+        let Some(grn) = &self.grn else {
+            return block_mlp(y, x, self.norm.params(), self.expand.params(), project);
+        };
+        let y = grn.forward(gelu(self.expand.forward(self.norm.forward(y))));
+        x + linear(y, project.0, project.1)
     }
 }
 
