@@ -94,15 +94,17 @@ impl<B: Backend> Dense<B> {
         let b = init.bias(d_out, d_in, rng);
         Dense { weight: param(w, [d_in, d_out], device), bias: param(b, [d_out], device) }
     }
-}
 
-impl<B: Backend> Dense<B> {
     /// The weight and bias.
     pub fn params(&self) -> (Tensor<B, 2>, Tensor<B, 1>) {
         (self.weight.val(), self.bias.val())
     }
 
-    /// The weight and bias of `forward_scaled`: `W diag(scale)`, `b * scale`.
+    /// The weight and bias of this layer followed by a per-output scale
+    /// (such as ConvNeXt's layer scale): `W diag(scale)` and `b * scale`, so
+    /// that the product touches the small weight instead of the large
+    /// output, forward and backward, and autodiff gives `scale` the same
+    /// gradient.
     pub fn scaled_params(&self, scale: Tensor<B, 1>) -> (Tensor<B, 2>, Tensor<B, 1>) {
         let out = scale.dims()[0];
         (self.weight.val() * scale.clone().reshape([1, out]), self.bias.val() * scale)
@@ -112,15 +114,6 @@ impl<B: Backend> Dense<B> {
 impl<B: LinearBackend> Dense<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         linear(x, self.weight.val(), self.bias.val())
-    }
-
-    /// `forward(x) * scale` (a per-output scale such as ConvNeXt's layer
-    /// scale), computed as `x (W diag(scale)) + b * scale`: the product
-    /// touches the small weight instead of the large output, forward and
-    /// backward, and autodiff gives `scale` the same gradient.
-    pub fn forward_scaled<const D: usize>(&self, x: Tensor<B, D>, scale: Tensor<B, 1>) -> Tensor<B, D> {
-        let (weight, bias) = self.scaled_params(scale);
-        linear(x, weight, bias)
     }
 }
 
@@ -270,7 +263,8 @@ mod tests {
         let x = random([2, 3, 4, 6], &mut rng).require_grad();
         let r = random([2, 3, 4, 5], &mut rng);
         let plain = dense.forward(x.clone()) * scale.clone().reshape([1, 1, 1, 5]);
-        let fused = dense.forward_scaled(x.clone(), scale.clone());
+        let (weight, bias) = dense.scaled_params(scale.clone());
+        let fused = linear(x.clone(), weight, bias);
         close(&to_vec(fused.clone()), &to_vec(plain.clone()), "output");
         let (gp, gf) = ((plain * r.clone()).sum().backward(), (fused * r).sum().backward());
         close(&to_vec(scale.grad(&gf).unwrap()), &to_vec(scale.grad(&gp).unwrap()), "scale gradient");
