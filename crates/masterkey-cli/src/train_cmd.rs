@@ -303,7 +303,8 @@ impl TrainArgs {
 
     /// Refuses the DW options this run's mode and assignment do not read.
     fn check_options_read(&self) -> Result<()> {
-        let arm = Arm { mode: self.dw_mode, assignment: self.assignment.unwrap_or(AssignmentKind::RoundRobin) };
+        let assignment = self.assignment.unwrap_or(DwSettings::new(self.dw_mode).assignment);
+        let arm = Arm { mode: self.dw_mode, assignment };
         let runs = format!("--dw-mode {}", self.dw_mode);
         self.keys.check_read_by(&[arm], &runs)?;
         if self.assignment.is_some() && !self.dw_mode.uses_bank() {

@@ -111,6 +111,9 @@ impl TrainConfig {
             (true, None) if mode == DwMode::TransferFrozen => {
                 return bad("transfer-frozen needs the checkpoint whose filters it freezes (--source-checkpoint)".into())
             }
+            (true, None) => {
+                return bad("the from-checkpoint assignment needs a source checkpoint (--source-checkpoint)".into())
+            }
             (false, Some(_)) => {
                 return bad(format!(
                     "a source checkpoint is used by transfer-frozen and frozen from-checkpoint only, not {mode} ({})",
@@ -124,10 +127,6 @@ impl TrainConfig {
             if f == 0 || f >= self.epochs {
                 return bad(format!("fit-and-freeze needs 0 < --freeze-after ({f}) < --epochs ({})", self.epochs));
             }
-        }
-        if mode == DwMode::Frozen && assignment == AssignmentKind::FromCheckpoint && self.dw.source_checkpoint.is_none()
-        {
-            return bad("the from-checkpoint assignment needs a source checkpoint (--source-checkpoint)".into());
         }
         Ok(())
     }
