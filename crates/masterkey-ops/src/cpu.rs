@@ -24,6 +24,34 @@ pub(crate) unsafe fn written(len: usize, fill: impl FnOnce(&mut [std::mem::Maybe
     out
 }
 
+/// A fresh buffer of `len` values per entry of `lens`, which `fill` writes completely.
+///
+/// # Safety
+/// `fill` must write every value of every buffer.
+pub(crate) unsafe fn written_all<const N: usize>(
+    lens: [usize; N],
+    fill: impl FnOnce([&mut [std::mem::MaybeUninit<f32>]; N]),
+) -> [Vec<f32>; N] {
+    let mut buffers = lens.map(Vec::with_capacity);
+    let mut spare = buffers.iter_mut().zip(lens).map(|(b, len)| &mut b.spare_capacity_mut()[..len]);
+    fill(std::array::from_fn(|_| spare.next().expect("one slice per buffer")));
+    for (buffer, len) in buffers.iter_mut().zip(lens) {
+        // SAFETY: the caller guarantees `fill` wrote all `len` values.
+        unsafe { buffer.set_len(len) };
+    }
+    buffers
+}
+
+/// `values` as the `f32`s they hold once written.
+///
+/// # Safety
+/// Every value must have been written.
+pub(crate) unsafe fn assume_written(values: &[std::mem::MaybeUninit<f32>]) -> &[f32] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the caller
+    // guarantees every value is initialised.
+    unsafe { &*(values as *const [std::mem::MaybeUninit<f32>] as *const [f32]) }
+}
+
 /// The instruction set the CPU kernels run on, chosen at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]

@@ -204,6 +204,35 @@ fn gelu_grad_slice_auto<const FUSED: bool>(x: &[f32], grad: &mut [f32]) {
     }
 }
 
+/// `out = GELU(x)` and `derivative = GELU'(x)` in one pass, for a backward
+/// step that then only multiplies (the same arithmetic as the two loops above).
+#[inline(always)]
+fn gelu_and_derivative_slice_auto<const FUSED: bool>(
+    x: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    derivative: &mut [MaybeUninit<f32>],
+) {
+    let n = out.len().min(x.len()).min(derivative.len());
+    let (x, out, derivative) = (&x[..n], &mut out[..n], &mut derivative[..n]);
+    for i in 0..n {
+        let cdf = normal_cdf::<FUSED>(x[i]);
+        let density = FRAC_1_SQRT_2PI * exp::<FUSED>(-0.5 * x[i] * x[i]);
+        out[i] = MaybeUninit::new(x[i] * cdf);
+        derivative[i] = MaybeUninit::new(madd::<FUSED>(x[i], density, cdf));
+    }
+}
+
+/// `grad *= derivative`: the backward step of a GELU whose derivative the
+/// forward one kept.
+#[inline(always)]
+fn times_derivative_auto(derivative: &[f32], grad: &mut [f32]) {
+    let n = grad.len().min(derivative.len());
+    let (derivative, grad) = (&derivative[..n], &mut grad[..n]);
+    for i in 0..n {
+        grad[i] *= derivative[i];
+    }
+}
+
 /// The slice loops built per instruction set, with fused multiply-adds where
 /// the CPU has FMA.
 pub(crate) mod simd {
@@ -215,6 +244,15 @@ pub(crate) mod simd {
         => super::gelu_slice_auto::<true>, super::gelu_slice_auto::<true>, super::gelu_slice_auto::<false>);
     per_isa!(pub(super) fn gelu_grad_slice(x: &[f32], grad: &mut [f32])
         => super::gelu_grad_slice_auto::<true>, super::gelu_grad_slice_auto::<true>, super::gelu_grad_slice_auto::<false>);
+    per_isa!(pub(crate) fn gelu_and_derivative_slice(
+        x: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        derivative: &mut [MaybeUninit<f32>],
+    ) => super::gelu_and_derivative_slice_auto::<true>,
+        super::gelu_and_derivative_slice_auto::<true>,
+        super::gelu_and_derivative_slice_auto::<false>);
+    per_isa!(pub(crate) fn times_derivative(derivative: &[f32], grad: &mut [f32])
+        => super::times_derivative_auto, super::times_derivative_auto, super::times_derivative_auto);
 }
 
 #[cfg(test)]

@@ -112,6 +112,7 @@ const ROWS_PER_TASK: usize = 1024;
 
 /// A matrix: values, rows, columns, and the strides of a row and a column
 /// (a transposed view swaps them).
+#[derive(Clone, Copy)]
 pub(crate) struct Matrix<'a> {
     values: &'a [f32],
     rows: usize,
@@ -126,7 +127,15 @@ impl<'a> Matrix<'a> {
         Matrix { values, rows, cols, row_stride: cols, col_stride: 1 }
     }
 
-    fn transposed(self) -> Self {
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub(crate) fn transposed(self) -> Self {
         Matrix { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
     }
 }
@@ -174,13 +183,13 @@ pub(crate) fn product(
     }
 }
 
-/// `lhs rhs` added onto `out`, on the calling thread (for callers that
-/// are parallel tasks themselves).
-pub(crate) fn product_onto(lhs: &Matrix, rhs: &Matrix, out: &mut [f32]) {
+/// `lhs rhs`, added onto `out` if `accumulate` else written over it, on the
+/// calling thread (for callers that are parallel tasks themselves).
+pub(crate) fn product_on_thread(lhs: &Matrix, rhs: &Matrix, out: &mut [f32], accumulate: bool) {
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and `product`
     // writes only initialised values into it.
     let out = unsafe { &mut *(out as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) };
-    product(lhs, rhs, out, true, false);
+    product(lhs, rhs, out, accumulate, false);
 }
 
 fn dims2(t: &FlexTensor) -> [usize; 2] {

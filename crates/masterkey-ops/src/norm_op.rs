@@ -19,7 +19,9 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::cpu::{values, Isa};
+use std::mem::MaybeUninit;
+
+use crate::cpu::{values, written, Isa};
 
 /// The gradients of a LayerNorm: input, scale, shift.
 pub struct LayerNormGrads<B: Backend> {
@@ -157,12 +159,15 @@ impl LayerNormBackend for Flex {
         let shape = x.shape();
         let [_, c]: [usize; 2] = shape.dims();
         let (x, gamma, beta) = (values(&x), values(&gamma), values(&beta));
-        let isa = Isa::best();
-        let mut out = vec![0.0f32; x.len()];
-        let chunk = ROWS_PER_TASK * c;
-        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(out, x)| {
-            simd::forward_rows(isa, x, &gamma, &beta, eps, out);
-        });
+        let (isa, chunk) = (Isa::best(), ROWS_PER_TASK * c);
+        // SAFETY: `forward_rows` writes every row of its chunk.
+        let out = unsafe {
+            written(x.len(), |out| {
+                out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(out, x)| {
+                    simd::forward_rows(isa, x, &gamma, &beta, eps, out);
+                })
+            })
+        };
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 
@@ -177,17 +182,21 @@ impl LayerNormBackend for Flex {
         let (x, gamma, grad) = (values(&x), values(&gamma), values(&output_grad));
         let isa = Isa::best();
         let chunk = ROWS_PER_TASK * c;
-        let mut dx = vec![0.0f32; x.len()];
         let tasks = x.len().div_ceil(chunk.max(1));
         // Per task: the scale gradient, then the shift gradient.
         let mut partials = vec![0.0f32; tasks * 2 * c];
-        dx.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)))
-            .zip(partials.par_chunks_mut(2 * c))
-            .for_each(|((dx, (x, grad)), partial)| {
-                let (dgamma, dbeta) = partial.split_at_mut(c);
-                simd::backward_rows(isa, x, &gamma, grad, eps, dx, dgamma, dbeta);
-            });
+        // SAFETY: `backward_rows` writes every row of its chunk of `dx`.
+        let dx = unsafe {
+            written(x.len(), |dx| {
+                dx.par_chunks_mut(chunk)
+                    .zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)))
+                    .zip(partials.par_chunks_mut(2 * c))
+                    .for_each(|((dx, (x, grad)), partial)| {
+                        let (dgamma, dbeta) = partial.split_at_mut(c);
+                        simd::backward_rows(isa, x, &gamma, grad, eps, dx, dgamma, dbeta);
+                    })
+            })
+        };
         let total = |offset: usize| -> Vec<f32> {
             (0..c).map(|i| partials.chunks_exact(2 * c).map(|p| p[offset + i] as f64).sum::<f64>() as f32).collect()
         };
@@ -220,25 +229,27 @@ fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
     lanes.iter().sum()
 }
 
-/// Mean and standard deviation (`sqrt(var + eps)`) of one row.
+/// Mean and reciprocal standard deviation (`1 / sqrt(var + eps)`) of one
+/// row: the rows are scaled by a product, as PyTorch's LayerNorm does, not
+/// one division per value.
 #[inline(always)]
 fn moments(x: &[f32], eps: f32) -> (f32, f32) {
     let c = x.len();
     let mean = lane_sum(c, |i| x[i]) / c as f32;
     let var = lane_sum(c, |i| (x[i] - mean) * (x[i] - mean)) / c as f32;
-    (mean, (var + eps).sqrt())
+    (mean, 1.0 / (var + eps).sqrt())
 }
 
 // Index loops, not iterator adaptors, so that everything inlines into the
 // per-instruction-set builds below (see `gelu_op`).
 #[inline(always)]
-fn forward_rows_auto(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+fn forward_rows_auto(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
     let c = gamma.len();
     let beta = &beta[..c];
     for (x, out) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
-        let (mean, std) = moments(x, eps);
+        let (mean, inv_std) = moments(x, eps);
         for i in 0..c {
-            out[i] = (x[i] - mean) / std * gamma[i] + beta[i];
+            out[i] = MaybeUninit::new((x[i] - mean) * inv_std * gamma[i] + beta[i]);
         }
     }
 }
@@ -249,7 +260,7 @@ fn backward_rows_auto(
     gamma: &[f32],
     grad: &[f32],
     eps: f32,
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
@@ -257,30 +268,38 @@ fn backward_rows_auto(
     let (dgamma, dbeta) = (&mut dgamma[..c], &mut dbeta[..c]);
     let per_row = x.chunks_exact(c).zip(grad.chunks_exact(c)).zip(dx.chunks_exact_mut(c));
     for ((x, grad), dx) in per_row {
-        let (mean, std) = moments(x, eps);
-        let normed = |i: usize| (x[i] - mean) / std;
+        let (mean, inv_std) = moments(x, eps);
+        let normed = |i: usize| (x[i] - mean) * inv_std;
         let mean_g = lane_sum(c, |i| grad[i] * gamma[i]) / c as f32;
         let mean_gn = lane_sum(c, |i| grad[i] * gamma[i] * normed(i)) / c as f32;
         for i in 0..c {
             dgamma[i] += grad[i] * normed(i);
             dbeta[i] += grad[i];
-            dx[i] = (grad[i] * gamma[i] - mean_g - normed(i) * mean_gn) / std;
+            dx[i] = MaybeUninit::new((grad[i] * gamma[i] - mean_g - normed(i) * mean_gn) * inv_std);
         }
     }
 }
 
 /// The row loops built per instruction set.
 pub(crate) mod simd {
+    use std::mem::MaybeUninit;
+
     use crate::cpu::per_isa;
 
-    per_isa!(pub(crate) fn forward_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32])
+    per_isa!(pub(crate) fn forward_rows(
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        out: &mut [MaybeUninit<f32>],
+    )
         => super::forward_rows_auto, super::forward_rows_auto, super::forward_rows_auto);
-    per_isa!(pub(super) fn backward_rows(
+    per_isa!(pub(crate) fn backward_rows(
         x: &[f32],
         gamma: &[f32],
         grad: &[f32],
         eps: f32,
-        dx: &mut [f32],
+        dx: &mut [MaybeUninit<f32>],
         dgamma: &mut [f32],
         dbeta: &mut [f32],
     ) => super::backward_rows_auto, super::backward_rows_auto, super::backward_rows_auto);
