@@ -1,7 +1,7 @@
 //! The operations masterkey's networks are made of, beyond burn's own: the
 //! depthwise convolution (with the frozen keys' offset), GELU, LayerNorm, the
-//! linear layer, patch gathering and the ConvNeXt block's MLP fused for
-//! inference. Each is a burn backend extension: a
+//! linear layer, patch gathering and the ConvNeXt block's MLP fused
+//! (forward and backward). Each is a burn backend extension: a
 //! trait whose default bodies are burn's operations (so every backend has
 //! it), implemented with direct kernels where measured speed asked for them,
 //! and with a backward step for autodiff.
