@@ -26,11 +26,13 @@ const KMEANS_SCRIPT: &str = include_str!("bench_kmeans.py");
 pub enum BenchCommand {
     /// Fit N random 7x7 filters to the 8 published keys; compare with NumPy doing the same arithmetic.
     Fit {
+        /// Random filters fitted.
         #[arg(long, default_value_t = 1_000_000)]
         filters: usize,
         /// Timed repeats per implementation; the median is reported.
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        /// Seed of the random filters.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Print one JSON object on stdout instead of the table.
@@ -43,8 +45,10 @@ pub enum BenchCommand {
         /// Batch, channels, height, width.
         #[arg(long, value_delimiter = 'x', default_value = "128x64x32x32")]
         shape: Vec<usize>,
+        /// Side of the square filters (odd).
         #[arg(long, default_value_t = 7)]
         kernel: usize,
+        /// Timed repeats per implementation and pass; the median is reported.
         #[arg(long, default_value_t = 7)]
         repeats: usize,
         /// Where masterkey runs it; PyTorch runs on the CPU, or on CUDA beside `--device cuda`.
@@ -60,8 +64,10 @@ pub enum BenchCommand {
     /// k-means (K=8) on N normalised 7x7 filters shaped like trained ones; compare with scikit-learn's KMeans
     /// from the same initial centroids for the same iterations.
     Kmeans {
+        /// Filters clustered.
         #[arg(long, default_value_t = 1_000_000)]
         filters: usize,
+        /// Clusters K (the filters are drawn around the 8 published keys).
         #[arg(long, default_value_t = 8)]
         keys: usize,
         /// Most iterations (tolerance 0: a run stops early only when no filter changes cluster); both run as many
@@ -72,8 +78,10 @@ pub enum BenchCommand {
         /// about 0.74, as published8 reaches on the real default models).
         #[arg(long, default_value_t = 0.9)]
         noise: f32,
+        /// Timed repeats per implementation; the median is reported.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Seed of the filters and of the initial centroids.
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -261,13 +269,14 @@ fn bench_fit(n: usize, repeats: usize, seed: u64, json: bool) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
     if json {
         return crate::print_json(&serde_json::json!({
-            "filters": n, "kernel": bank.kernel.to_string(), "keys": bank.len(), "repeats": repeats, "cores": threads,
+            "filters": n, "seed": seed, "kernel": bank.kernel.to_string(), "keys": bank.len(), "repeats": repeats,
+            "cores": threads,
             "masterkey_median_s": rust_s, "numpy_median_s": numpy_s, "best_key_agreement": agree,
             "masterkey_fit_array_median_s": fit_array_s,
         }));
     }
     println!(
-        "bench fit: {n} random {} filters, {} keys (published8), median of {repeats} runs, {threads} cores",
+        "bench fit: {n} random {} filters (seed {seed}), {} keys (published8), median of {repeats} runs, {threads} cores",
         bank.kernel,
         bank.len()
     );
@@ -373,7 +382,7 @@ fn bench_kmeans(n: usize, k: usize, iterations: usize, noise: f32, repeats: usiz
 
     let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
     println!(
-        "bench kmeans: {n} normalised {} filters (a*key + b + noise {noise} from published8), K = {k}, same k-means++ \
+        "bench kmeans: {n} normalised {} filters (a*key + b + noise {noise} from published8, seed {seed}), K = {k}, same k-means++ \
          initial centroids, same number of iterations (at most {iterations}), tolerance 0, median of {repeats} runs, \
          {threads} cores",
         bank.kernel

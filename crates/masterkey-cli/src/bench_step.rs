@@ -28,11 +28,13 @@ const CLASSES: usize = 10;
 
 #[derive(clap::Args)]
 pub struct StepArgs {
+    /// Images per training step.
     #[arg(long, default_value_t = 128)]
     batch: usize,
     /// Untimed steps first (allocator and caches warm up).
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Timed steps per implementation and DW mode; the median is reported.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
     /// The network: `reference`, or a ConvNeXt (V1) preset such as `convnext-atto`.
