@@ -211,22 +211,39 @@ impl LayerNormBackend for Flex {
 
 /// Partial sums kept apart: a float sum in one chain does not vectorise
 /// (the compiler may not reorder it), eight chains do.
-const LANES: usize = 8;
+const LANES: usize = 16;
 
-/// `sum of f(i)` over `0..n`, in [`LANES`] chains.
+/// `sum of f(x[i], y[i], z[i])` over the slices (of one length), in
+/// [`LANES`] chains. Blocks are fixed-size arrays, so that the compiler sees
+/// no bounds to check and turns the chains into one vector.
 #[inline(always)]
-fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
-    let mut lanes = [0.0f32; LANES];
+fn lane_sum(x: &[f32], y: &[f32], z: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let n = x.len().min(y.len()).min(z.len());
     let whole = n / LANES * LANES;
-    for base in (0..whole).step_by(LANES) {
-        for (l, lane) in lanes.iter_mut().enumerate() {
-            *lane += f(base + l);
+    let mut lanes = [0.0f32; LANES];
+    let blocks = x[..whole].chunks_exact(LANES).zip(y[..whole].chunks_exact(LANES)).zip(z[..whole].chunks_exact(LANES));
+    for ((x, y), z) in blocks {
+        let (x, y, z): (&[f32; LANES], &[f32; LANES], &[f32; LANES]) =
+            (x.try_into().unwrap(), y.try_into().unwrap(), z.try_into().unwrap());
+        for l in 0..LANES {
+            lanes[l] += f(x[l], y[l], z[l]);
         }
     }
+    // The rest in a chain of its own: indexing `lanes` by a variable would
+    // keep the lanes in memory instead of one register.
+    let mut rest = 0.0f32;
     for i in whole..n {
-        lanes[i - whole] += f(i);
+        rest += f(x[i], y[i], z[i]);
     }
-    lanes.iter().sum()
+    // Halves added pairwise: four dependent additions, not fifteen.
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            lanes[l] += lanes[l + width];
+        }
+    }
+    lanes[0] + rest
 }
 
 /// Mean and reciprocal standard deviation (`1 / sqrt(var + eps)`) of one
@@ -235,8 +252,8 @@ fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
 #[inline(always)]
 fn moments(x: &[f32], eps: f32) -> (f32, f32) {
     let c = x.len();
-    let mean = lane_sum(c, |i| x[i]) / c as f32;
-    let var = lane_sum(c, |i| (x[i] - mean) * (x[i] - mean)) / c as f32;
+    let mean = lane_sum(x, x, x, |v, _, _| v) / c as f32;
+    let var = lane_sum(x, x, x, |v, _, _| (v - mean) * (v - mean)) / c as f32;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -247,6 +264,7 @@ fn forward_rows_auto(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut
     let c = gamma.len();
     let beta = &beta[..c];
     for (x, out) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+        let (x, out) = (&x[..c], &mut out[..c]);
         let (mean, inv_std) = moments(x, eps);
         for i in 0..c {
             out[i] = MaybeUninit::new((x[i] - mean) * inv_std * gamma[i] + beta[i]);
@@ -268,10 +286,11 @@ fn backward_rows_auto(
     let (dgamma, dbeta) = (&mut dgamma[..c], &mut dbeta[..c]);
     let per_row = x.chunks_exact(c).zip(grad.chunks_exact(c)).zip(dx.chunks_exact_mut(c));
     for ((x, grad), dx) in per_row {
+        let (x, grad, dx) = (&x[..c], &grad[..c], &mut dx[..c]);
         let (mean, inv_std) = moments(x, eps);
         let normed = |i: usize| (x[i] - mean) * inv_std;
-        let mean_g = lane_sum(c, |i| grad[i] * gamma[i]) / c as f32;
-        let mean_gn = lane_sum(c, |i| grad[i] * gamma[i] * normed(i)) / c as f32;
+        let mean_g = lane_sum(grad, gamma, x, |g, w, _| g * w) / c as f32;
+        let mean_gn = lane_sum(grad, gamma, x, |g, w, v| g * w * ((v - mean) * inv_std)) / c as f32;
         for i in 0..c {
             dgamma[i] += grad[i] * normed(i);
             dbeta[i] += grad[i];
