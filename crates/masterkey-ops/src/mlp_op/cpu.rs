@@ -23,6 +23,10 @@ pub(super) const ROWS_PER_TASK: usize = 128;
 /// gradients' products sum over more rows and fewer partial sums are added.
 pub(super) const BACKWARD_ROWS_PER_TASK: usize = 256;
 
+/// Parameter gradients per parallel task when the backward tasks' partial
+/// sums are added up.
+const SUMS_PER_TASK: usize = 4096;
+
 /// The parameters' values, borrowed from their CPU tensors.
 struct Weights<'a> {
     gamma: Cow<'a, [f32]>,
@@ -251,9 +255,10 @@ impl MlpBackend for Flex {
         };
         // The tasks' sums added in task order, whatever the thread count.
         let mut total = vec![0.0f32; per_task];
-        total.par_chunks_mut(4096).enumerate().for_each(|(i, total)| {
+        total.par_chunks_mut(SUMS_PER_TASK).enumerate().for_each(|(i, total)| {
+            let start = i * SUMS_PER_TASK;
             for partial in partials.chunks_exact(per_task) {
-                add_rows(&partial[i * 4096..i * 4096 + total.len()], total);
+                add_rows(&partial[start..start + total.len()], total);
             }
         });
         let sums = PartialSums::split(&mut total, c, h);

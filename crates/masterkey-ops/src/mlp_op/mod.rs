@@ -257,7 +257,7 @@ mod tests {
         }
     }
 
-    /// Parameters and inputs of the given sizes, one set per seed.
+    /// Inputs, parameters and an output gradient of the given sizes, drawn from a seed made of them.
     struct Case {
         y: Vec<f32>,
         residual: Vec<f32>,
