@@ -210,7 +210,8 @@ impl LayerNormBackend for Flex {
 }
 
 /// Partial sums kept apart: a float sum in one chain does not vectorise
-/// (the compiler may not reorder it), eight chains do.
+/// (the compiler may not reorder it), sixteen chains (one AVX-512 vector,
+/// two AVX2 ones) do.
 const LANES: usize = 16;
 
 /// `sum of f(x[i], y[i], z[i])` over the slices (of one length), in
