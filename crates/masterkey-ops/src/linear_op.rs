@@ -183,13 +183,13 @@ pub(crate) fn product(
     }
 }
 
-/// `lhs rhs`, added onto `out` if `accumulate` else written over it, on the
-/// calling thread (for callers that are parallel tasks themselves).
-pub(crate) fn product_on_thread(lhs: &Matrix, rhs: &Matrix, out: &mut [f32], accumulate: bool) {
+/// `lhs rhs` written over `out`, on the calling thread (for callers that
+/// are parallel tasks themselves).
+pub(crate) fn product_on_thread(lhs: &Matrix, rhs: &Matrix, out: &mut [f32]) {
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and `product`
     // writes only initialised values into it.
     let out = unsafe { &mut *(out as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) };
-    product(lhs, rhs, out, accumulate, false);
+    product(lhs, rhs, out, false, false);
 }
 
 fn dims2(t: &FlexTensor) -> [usize; 2] {

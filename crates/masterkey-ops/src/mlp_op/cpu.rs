@@ -115,19 +115,14 @@ impl<'a> Weights<'a> {
         let BackwardRows { y, grad, activated, derivative } = rows;
         let (c, h, n) = (self.c, self.hidden, y.len() / self.c);
         let sums = PartialSums::split(partial, c, h);
-        product_on_thread(
-            &Matrix::new(activated, n, h).transposed(),
-            &Matrix::new(grad, n, c),
-            sums.project_weight,
-            false,
-        );
+        product_on_thread(&Matrix::new(activated, n, h).transposed(), &Matrix::new(grad, n, c), sums.project_weight);
         add_rows(grad, sums.project_bias);
         let mut hidden_grad = unwritten_product(&Matrix::new(grad, n, c), &self.project().transposed());
         gelu_simd::times_derivative(isa, derivative, &mut hidden_grad);
         add_rows(&hidden_grad, sums.expand_bias);
         let normed = self.normed(isa, y);
         let hidden_matrix = Matrix::new(&hidden_grad, n, h);
-        product_on_thread(&Matrix::new(&normed, n, c).transposed(), &hidden_matrix, sums.expand_weight, false);
+        product_on_thread(&Matrix::new(&normed, n, c).transposed(), &hidden_matrix, sums.expand_weight);
         let normed_grad = unwritten_product(&hidden_matrix, &self.expand().transposed());
         norm_simd::backward_rows(isa, y, &self.gamma, &normed_grad, self.eps, y_grad, sums.norm_gamma, sums.norm_beta);
     }
