@@ -17,14 +17,13 @@ pub(crate) fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
 /// # Safety
 /// `fill` must write every one of the `len` values.
 pub(crate) unsafe fn written(len: usize, fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>])) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len);
-    fill(&mut out.spare_capacity_mut()[..len]);
-    // SAFETY: the caller guarantees `fill` wrote all `len` values.
-    unsafe { out.set_len(len) };
+    // SAFETY: the caller guarantees `fill` writes all `len` values.
+    let [out] = unsafe { written_all([len], |[out]| fill(out)) };
     out
 }
 
-/// A fresh buffer of `len` values per entry of `lens`, which `fill` writes completely.
+/// A fresh buffer of `len` values per entry of `lens`, which `fill` writes
+/// completely (several outputs of one pass; see [`written`]).
 ///
 /// # Safety
 /// `fill` must write every value of every buffer.

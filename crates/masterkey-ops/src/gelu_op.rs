@@ -199,13 +199,19 @@ fn gelu_grad_slice_auto<const FUSED: bool>(x: &[f32], grad: &mut [f32]) {
     let n = grad.len().min(x.len());
     let (x, grad) = (&x[..n], &mut grad[..n]);
     for i in 0..n {
-        let density = FRAC_1_SQRT_2PI * exp::<FUSED>(-0.5 * x[i] * x[i]);
-        grad[i] *= madd::<FUSED>(x[i], density, normal_cdf::<FUSED>(x[i]));
+        grad[i] *= derivative::<FUSED>(x[i], normal_cdf::<FUSED>(x[i]));
     }
 }
 
+/// `GELU'(x) = Φ(x) + x φ(x)`, given `cdf = Φ(x)`.
+#[inline(always)]
+fn derivative<const FUSED: bool>(x: f32, cdf: f32) -> f32 {
+    let density = FRAC_1_SQRT_2PI * exp::<FUSED>(-0.5 * x * x);
+    madd::<FUSED>(x, density, cdf)
+}
+
 /// `out = GELU(x)` and `derivative = GELU'(x)` in one pass, for a backward
-/// step that then only multiplies (the same arithmetic as the two loops above).
+/// step that then only multiplies (the arithmetic of the two loops above).
 #[inline(always)]
 fn gelu_and_derivative_slice_auto<const FUSED: bool>(
     x: &[f32],
@@ -216,9 +222,8 @@ fn gelu_and_derivative_slice_auto<const FUSED: bool>(
     let (x, out, derivative) = (&x[..n], &mut out[..n], &mut derivative[..n]);
     for i in 0..n {
         let cdf = normal_cdf::<FUSED>(x[i]);
-        let density = FRAC_1_SQRT_2PI * exp::<FUSED>(-0.5 * x[i] * x[i]);
         out[i] = MaybeUninit::new(x[i] * cdf);
-        derivative[i] = MaybeUninit::new(madd::<FUSED>(x[i], density, cdf));
+        derivative[i] = MaybeUninit::new(self::derivative::<FUSED>(x[i], cdf));
     }
 }
 
