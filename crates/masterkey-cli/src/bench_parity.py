@@ -11,7 +11,9 @@
 # - "full": this script's own initialisation ("pytorch" default or
 #   "convnext" trunc_normal_ 0.02), shuffling and augmentation (zero-pad, random
 #   crop, horizontal flip) on the same training subset, then accuracy on the
-#   whole test set, with the training images per second;
+#   whole test set, with the training images per second; given
+#   "init_weights", "orders" and "crops", masterkey's weights, shuffles, crops
+#   and flips instead;
 # - "step" (for `masterkey bench step`): the median time of one training step
 #   on random images, NCHW and channels-last, DW trainable and frozen.
 import gzip, json, math, struct, sys, time
@@ -199,13 +201,19 @@ def curve(r, images, labels):
     return {"losses": losses}
 
 
-def augment(x, pad, gen):
-    """Zero-pad (raw pixels, before normalisation), random crop, random flip."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
+def drawn_crops(n, pad, gen):
+    """Per image: the crop's corner in the padded image and whether to flip."""
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
     flip = (torch.rand(n, generator=gen) < 0.5).tolist()
+    return dy, dx, flip
+
+
+def augment(x, pad, crops):
+    """Zero-pad (raw pixels, before normalisation), crop, flip."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy, dx, flip = crops
     out = torch.empty_like(x)
     for i in range(n):
         crop = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
@@ -218,7 +226,11 @@ def full(r, images, labels, test_images, test_labels):
     gen = torch.Generator().manual_seed(r["seed"])
     torch.manual_seed(r["seed"])
     net = Net(r, mode in ("frozen", "random-frozen"))
-    initialise(net, r, mode, gen)
+    replay = "init_weights" in r
+    if replay:
+        net.load_state_dict(read_safetensors(r["init_weights"]), strict=True)
+    else:
+        initialise(net, r, mode, gen)
     opt = optimizer(net, r)
     subset = np.array(r["subset"])
     raw = torch.from_numpy(images[subset]).float().unsqueeze(1)
@@ -226,10 +238,18 @@ def full(r, images, labels, test_images, test_labels):
     step, seen, seconds = 0, 0, 0.0
     for epoch in range(r["epochs"]):
         t0 = time.perf_counter()
-        order = torch.randperm(len(subset), generator=gen)
+        if replay:
+            order, crops = torch.tensor(r["orders"][epoch]), r["crops"][epoch]
+        else:
+            order = torch.randperm(len(subset), generator=gen)
         for start in range(0, len(subset), r["batch_size"]):
             idx = order[start : start + r["batch_size"]]
-            x = augment(raw[idx], r["crop_padding"], gen).div_(255.0).sub_(r["mean"]).div_(r["std"])
+            if replay:
+                given = crops[3 * start : 3 * (start + len(idx))]
+                batch_crops = given[0::3], given[1::3], [f == 1 for f in given[2::3]]
+            else:
+                batch_crops = drawn_crops(len(idx), r["crop_padding"], gen)
+            x = augment(raw[idx], r["crop_padding"], batch_crops).div_(255.0).sub_(r["mean"]).div_(r["std"])
             train_step(net, opt, x, ys[idx], step, r)
             step += 1
             seen += len(idx)

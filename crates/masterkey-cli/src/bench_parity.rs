@@ -11,7 +11,10 @@
 //! curves and their largest relative difference are printed per DW mode.
 //! `--full`: both train the recipe end to end (augmentation on, each its own
 //! initialisation of the chosen scheme, the same training subset) for every
-//! seed, and their test accuracies and speeds are printed side by side.
+//! seed, and their test accuracies and speeds are printed side by side. With
+//! `--replay` the PyTorch run starts from masterkey's initial weights and
+//! replays its shuffles, crops and flips, so that the two runs differ only in
+//! arithmetic: the accuracies then compare the trainers, not two draws.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,7 +22,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use masterkey_core::{atomic, Bank};
 use masterkey_train::data::idx::split_files;
-use masterkey_train::data::loader::epoch_order;
+use masterkey_train::data::loader::{epoch_order, Augment};
 use masterkey_train::data::{stratified_subset, DataKind, DataSpec, Dataset};
 use masterkey_train::dw::DwMode;
 use masterkey_train::experiment::mean_and_sample_std;
@@ -62,6 +65,9 @@ pub struct ParityArgs {
     /// Train the recipe end to end in both, per mode and seed, and compare test accuracy and speed.
     #[arg(long)]
     full: bool,
+    /// With --full: PyTorch starts from masterkey's initial weights and replays its shuffles, crops and flips.
+    #[arg(long, requires = "full")]
+    replay: bool,
     /// Seeds of the --full runs (the curves use the first).
     #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
     seeds: Vec<u64>,
@@ -187,10 +193,8 @@ fn curves(args: &ParityArgs, r: &RecipeData) -> Result<()> {
     let (mut ours, mut runs) = (Vec::new(), Vec::new());
     for &mode in &args.modes {
         let config = recipe(args, mode, seed, false)?;
-        let plan = dw_plan(&config, bank, None);
-        let model = Network::<CpuBackend>::new(&config.model, &plan, seed, &Default::default());
         let init = work.path().join(format!("{mode}.safetensors"));
-        state_dict::save(&state_dict::state_dict(&model)?, &init)?;
+        save_initial_weights(&config, bank, &init)?;
         eprintln!("masterkey {mode}: {} steps from the weights in {}", args.steps, init.display());
         let mut losses = StepLosses(Vec::new());
         let options = RunOptions { halt_after_steps: Some(args.steps), ..RunOptions::default() };
@@ -254,6 +258,31 @@ fn curves(args: &ParityArgs, r: &RecipeData) -> Result<()> {
     Ok(())
 }
 
+/// The weights `masterkey train` starts `config` from.
+fn save_initial_weights(config: &TrainConfig, bank: &Bank, path: &Path) -> Result<()> {
+    let plan = dw_plan(config, bank, None);
+    let model = Network::<CpuBackend>::new(&config.model, &plan, config.seed, &Default::default());
+    Ok(state_dict::save(&state_dict::state_dict(&model)?, path)?)
+}
+
+/// What the PyTorch side of a `--replay` run needs to see masterkey's
+/// images: per epoch the order (as positions in the training subset) and
+/// each position's crop and flip (`dy + p, dx + p, flip` per image).
+fn replayed_epochs(config: &TrainConfig, subset: &[usize], padding: usize) -> (Vec<Vec<usize>>, Vec<Vec<i64>>) {
+    (0..config.epochs)
+        .map(|epoch| {
+            let order = epoch_order(subset, config.seed, epoch);
+            let augment = Augment { seed: config.seed, epoch, crop_padding: padding };
+            let positions = order.iter().map(|i| subset.binary_search(i).expect("the order permutes the subset"));
+            let crops = order.iter().flat_map(|&i| {
+                let c = augment.crop_and_flip(i);
+                [c.dy + padding as isize, c.dx + padding as isize, c.flip as isize].map(|v| v as i64)
+            });
+            (positions.collect(), crops.collect())
+        })
+        .unzip()
+}
+
 fn losses_of(run: &Value) -> Vec<f64> {
     run["losses"].as_array().map(|l| l.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
 }
@@ -291,6 +320,13 @@ fn full(args: &ParityArgs, r: &RecipeData) -> Result<()> {
             run["kind"] = json!("full");
             run["subset"] = json!(subset);
             let work = tempfile::tempdir()?;
+            if args.replay {
+                let init = work.path().join("initial.safetensors");
+                save_initial_weights(&config, bank, &init)?;
+                let (orders, crops) = replayed_epochs(&config, subset, config.data.crop_padding_for(data.shape[2]));
+                run["init_weights"] = json!(init.display().to_string());
+                (run["orders"], run["crops"]) = (json!(orders), json!(crops));
+            }
             let reply = run_torch_job(SCRIPT, work.path(), &job(r.dir, vec![run])?)?;
             let reply = &reply["runs"][0];
             let number = |k: &str| reply[k].as_f64().with_context(|| format!("no {k} in the reference's reply"));
@@ -306,7 +342,8 @@ fn full(args: &ParityArgs, r: &RecipeData) -> Result<()> {
                 100.0 * t.accuracy,
                 t.train_images_per_s
             );
-            record.push(json!({"mode": mode.name(), "seed": seed, "masterkey": o, "pytorch": t}));
+            record
+                .push(json!({"mode": mode.name(), "seed": seed, "replay": args.replay, "masterkey": o, "pytorch": t}));
             ours.push(o);
             theirs.push(t);
         }
@@ -316,14 +353,19 @@ fn full(args: &ParityArgs, r: &RecipeData) -> Result<()> {
 
     println!(
         "bench parity (--full): the recipe trained end to end at {} of Fashion-MNIST ({} images) for {} epochs, \
-         augmentation on (zero-pad 2, random crop, flip), init {}, seeds {:?}; test accuracy on all {} test images. \
-         Each implementation draws its own weights and augmentations.",
+         augmentation on (zero-pad 2, random crop, flip), init {}, seeds {:?}; test accuracy on all {} test images. {}",
         args.fraction,
         subset.len(),
         args.epochs,
         args.init,
         args.seeds,
-        data.test.len()
+        data.test.len(),
+        if args.replay {
+            "PyTorch starts from masterkey's initial weights and replays its shuffles, crops and flips: \
+             the two runs differ only in arithmetic."
+        } else {
+            "Each implementation draws its own weights, shuffles and augmentations."
+        }
     );
     let mut t = ui::table(&[
         "DW mode",

@@ -314,7 +314,7 @@ impl Dataset {
         let copy = |src: &[u8], out: &mut [f32]| out.iter_mut().zip(src).for_each(|(o, &v)| *o = v as f32);
         match (split, augment) {
             (Split::Memory(set), Some((rng, padding))) => {
-                padded_crop_and_flip(set.image(i), self.shape, padding, rng, out)
+                CropAndFlip::draw(rng, padding).apply(set.image(i), self.shape, padding, out)
             }
             (Split::Memory(set), None) => copy(set.image(i), out),
             (Split::Folder(f), augment) => copy(&f.load(i, self.shape[1], augment.map(|(rng, _)| rng))?, out),
@@ -328,21 +328,35 @@ impl Dataset {
     }
 }
 
-/// torchvision `RandomCrop(size, padding=p)` (zero fill, before
-/// normalisation) then `RandomHorizontalFlip()`, on bytes, written as f32 in
-/// `0..=255`.
-fn padded_crop_and_flip(src: &[u8], [c, h, w]: [usize; 3], p: usize, rng: &mut SplitMix, out: &mut [f32]) {
-    let oy = rng.below(2 * p + 1) as isize - p as isize;
-    let ox = rng.below(2 * p + 1) as isize - p as isize;
-    let flip = rng.uniform() < 0.5;
-    for ch in 0..c {
-        for y in 0..h {
-            for x in 0..w {
-                let cx = if flip { w - 1 - x } else { x };
-                let (sy, sx) = (y as isize + oy, cx as isize + ox);
-                let inside = sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w;
-                out[(ch * h + y) * w + x] =
-                    if inside { src[(ch * h + sy as usize) * w + sx as usize] as f32 } else { 0.0 };
+/// One sample's torchvision `RandomCrop(size, padding=p)` (zero fill, before
+/// normalisation) then `RandomHorizontalFlip()`: the crop's offset from the
+/// unpadded image, each in `-p..=p`, and whether it is mirrored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CropAndFlip {
+    pub dy: isize,
+    pub dx: isize,
+    pub flip: bool,
+}
+
+impl CropAndFlip {
+    pub fn draw(rng: &mut SplitMix, p: usize) -> Self {
+        let dy = rng.below(2 * p + 1) as isize - p as isize;
+        let dx = rng.below(2 * p + 1) as isize - p as isize;
+        CropAndFlip { dy, dx, flip: rng.uniform() < 0.5 }
+    }
+
+    /// `src` (bytes) cropped and flipped into `out` as f32 in `0..=255`.
+    fn apply(self, src: &[u8], [c, h, w]: [usize; 3], p: usize, out: &mut [f32]) {
+        debug_assert!(self.dy.unsigned_abs() <= p && self.dx.unsigned_abs() <= p);
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    let cx = if self.flip { w - 1 - x } else { x };
+                    let (sy, sx) = (y as isize + self.dy, cx as isize + self.dx);
+                    let inside = sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w;
+                    out[(ch * h + y) * w + x] =
+                        if inside { src[(ch * h + sy as usize) * w + sx as usize] as f32 } else { 0.0 };
+                }
             }
         }
     }
@@ -401,7 +415,7 @@ mod tests {
         let mut largest_shift = 0;
         for seed in 0..50 {
             let mut out = vec![0.0; 16];
-            padded_crop_and_flip(&src, [1, 4, 4], 2, &mut SplitMix::new(seed), &mut out);
+            CropAndFlip::draw(&mut SplitMix::new(seed), 2).apply(&src, [1, 4, 4], 2, &mut out);
             // Zero padding of 2 px shifts by at most 2: at most two zero rows.
             let zero_rows = out.chunks(4).filter(|r| r.iter().all(|&v| v == 0.0)).count();
             assert!(zero_rows <= 2, "seed {seed}: {zero_rows} zero rows");

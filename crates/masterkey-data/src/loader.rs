@@ -9,7 +9,7 @@ use std::sync::mpsc::sync_channel;
 use masterkey_core::Result;
 use rayon::prelude::*;
 
-use crate::{Dataset, Split};
+use crate::{CropAndFlip, Dataset, Split};
 use masterkey_core::rng::SplitMix;
 
 pub struct Batch {
@@ -47,11 +47,24 @@ pub struct Augment {
     pub crop_padding: usize,
 }
 
+impl Augment {
+    /// The random stream of sample `index` in this epoch.
+    fn stream(self, index: usize) -> SplitMix {
+        SplitMix::for_item(self.seed ^ AUGMENT_STREAM, self.epoch as u64, index as u64)
+    }
+
+    /// The crop and flip that sample `index` of an in-memory set gets in this
+    /// epoch (what a PyTorch run replays to see the same images).
+    pub fn crop_and_flip(self, index: usize) -> CropAndFlip {
+        CropAndFlip::draw(&mut self.stream(index), self.crop_padding)
+    }
+}
+
 fn make_batch(data: &Dataset, split: &Split, indices: &[usize], augment: Option<Augment>) -> Result<Batch> {
     let per: usize = data.shape.iter().product();
     let mut images = vec![0f32; indices.len() * per];
     images.par_chunks_mut(per).zip(indices.par_iter()).try_for_each(|(out, &i)| {
-        let mut rng = augment.map(|a| SplitMix::for_item(a.seed ^ AUGMENT_STREAM, a.epoch as u64, i as u64));
+        let mut rng = augment.map(|a| a.stream(i));
         data.fill(split, i, rng.as_mut().zip(augment.map(|a| a.crop_padding)), out)
     })?;
     let labels = indices.iter().map(|&i| split.labels()[i] as i64).collect();
@@ -140,5 +153,30 @@ mod tests {
         })
         .unwrap();
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn crop_and_flip_reports_what_each_augmented_sample_got() {
+        let data = tiny();
+        let Split::Memory(set) = &data.train else { unreachable!() };
+        let order = epoch_order(&(0..10).collect::<Vec<_>>(), 3, 2);
+        let augment = Augment { seed: 3, epoch: 2, crop_padding: 2 };
+        let mut images = Vec::new();
+        for_each_batch(&data, &data.train, &order, 4, Some(augment), |b| {
+            images.extend(b.images);
+            Ok(ControlFlow::Continue(()))
+        })
+        .unwrap();
+        let mut draws = Vec::new();
+        for (&i, got) in order.iter().zip(images.chunks(16)) {
+            let draw = augment.crop_and_flip(i);
+            let mut want = vec![0.0; 16];
+            draw.apply(set.image(i), [1, 4, 4], 2, &mut want);
+            // Normalised with std 1/255: the bytes, up to rounding.
+            assert_eq!(got.iter().map(|v| v.round()).collect::<Vec<_>>(), want, "sample {i}");
+            draws.push(draw);
+        }
+        assert!(draws.iter().any(|d| d.flip) && draws.iter().any(|d| !d.flip));
+        assert!(draws.iter().any(|d| d.dx != 0 || d.dy != 0));
     }
 }
